@@ -21,9 +21,10 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -149,7 +150,7 @@ class TrialRecord:
     folder: Path
 
     @classmethod
-    def open(cls, folder: str | os.PathLike) -> "TrialRecord":
+    def open(cls, folder: str | os.PathLike) -> TrialRecord:
         folder = Path(folder)
         if not (folder / "summary.json").is_file():
             raise RecordError(f"{folder} holds no summary.json; it is not a finished trial folder")

@@ -1,0 +1,286 @@
+"""Table 1: final errors and log-spread of every named trial, beside the paper's numbers.
+
+The table reads only trial folders (through :mod:`eqp.records`) and the published numbers in
+``published_runs.json``. Several seeds of one trial are summarised as mean and *sample*
+standard deviation (``ddof=1``); a single seed shows its value alone. Errors are percentages for
+classification data sets and mean costs for diabetes (a regression task), in the CSV as well, so
+that a CSV column never mixes units silently: its ``units`` column says which.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from eqp.records import TrialRecord, atomic_write_text
+
+REGRESSION_DATASETS = frozenset({"diabetes"})
+
+TABLE1_FIELDS = (
+    "trial",
+    "dataset",
+    "layer_sizes",
+    "topology",
+    "units",
+    "preset",
+    "n_seeds",
+    "seeds",
+    "epochs_run",
+    "train_error_mean",
+    "train_error_sd",
+    "paper_train_error",
+    "diff_train_error",
+    "test_error_mean",
+    "test_error_sd",
+    "paper_test_error",
+    "diff_test_error",
+    "log_spread_mean",
+    "log_spread_sd",
+    "paper_log_spread",
+    "diff_log_spread",
+)
+
+
+class MissingTrialsError(LookupError):
+    """Table 1 needs a trial for which no finished folder was given."""
+
+
+def load_published() -> dict[str, Any]:
+    """The paper's published settings and final numbers, shipped inside the package."""
+    text = resources.files("eqp").joinpath("published_runs.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def is_classification(dataset: str) -> bool:
+    return dataset not in REGRESSION_DATASETS
+
+
+def error_scale(dataset: str) -> tuple[float, str]:
+    """Factor turning a stored error into the unit shown, and that unit's name."""
+    return (100.0, "% error") if is_classification(dataset) else (1.0, "mean cost")
+
+
+def topology_label(settings: Mapping[str, Any]) -> str:
+    """'MLFF' or 'SW (p=0.1)', from a trial's settings."""
+    network_type = settings["network_type"]
+    if network_type == "MLFF":
+        return "MLFF"
+    name = {"SW_no_intra": "SW", "SW_intra": "SW-intra"}.get(network_type, network_type)
+    return f"{name} (p={float(settings['bypass_p']):g})"
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof=1); no sd for a single value."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.size == 1:
+        return float(array[0]), None
+    return float(array.mean()), float(array.std(ddof=1))
+
+
+def _scaled(value: float | None, factor: float) -> float | None:
+    return None if value is None else float(value) * factor
+
+
+def _difference(ours: float | None, paper: float | None) -> float | None:
+    return None if ours is None or paper is None else ours - paper
+
+
+def _same_everywhere(summaries: Sequence[Mapping[str, Any]], trial: str, key: str) -> Any:
+    values = {json.dumps(s["settings"][key]) for s in summaries}
+    if len(values) != 1:
+        raise ValueError(f"the folders given for {trial} disagree on {key}: {sorted(values)}")
+    return summaries[0]["settings"][key]
+
+
+def _row(trial: str, records: Sequence[TrialRecord], published: Mapping[str, Any]) -> dict:
+    summaries = [record.summary for record in records]
+    for record, summary in zip(records, summaries, strict=True):
+        if summary.get("trial", trial) != trial:
+            raise ValueError(f"{record.folder} holds trial {summary['trial']!r}, not {trial!r}")
+    dataset = _same_everywhere(summaries, trial, "dataset")
+    layer_sizes = _same_everywhere(summaries, trial, "layer_sizes")
+    _same_everywhere(summaries, trial, "network_type")
+    factor, units = error_scale(dataset)
+    final = published["trials"][trial]["final"]
+
+    row: dict[str, Any] = {
+        "trial": trial,
+        "dataset": dataset,
+        "layer_sizes": "-".join(str(size) for size in layer_sizes),
+        "topology": topology_label(summaries[0]["settings"]),
+        "units": units,
+        "preset": "/".join(sorted({str(s.get("preset", "?")) for s in summaries})),
+        "n_seeds": len(summaries),
+        "seeds": " ".join(str(s["seed"]) for s in sorted(summaries, key=lambda s: s["seed"])),
+        "epochs_run": "/".join(str(e) for e in sorted({s["epochs_run"] for s in summaries})),
+    }
+    for quantity, scale in (("train_error", factor), ("test_error", factor), ("log_spread", 1.0)):
+        mean, sd = _mean_sd([float(s[quantity]) * scale for s in summaries])
+        paper = _scaled(final.get(quantity), scale)
+        row[f"{quantity}_mean"] = mean
+        row[f"{quantity}_sd"] = sd
+        row[f"paper_{quantity}"] = paper
+        row[f"diff_{quantity}"] = _difference(mean, paper)
+    return row
+
+
+def build_table1(
+    records: Mapping[str, Sequence[TrialRecord]], paper: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """One row per Table 1 trial, in the paper's order, with our mean ± sd beside the paper's.
+
+    ``records`` maps a trial name to the finished folders of its seeds. Every trial of the
+    paper's table must be present; extra trials (e.g. mnist_3layer_mlffpl) are ignored.
+    """
+    published = load_published() if paper is None else paper
+    order = list(published["table1_order"])
+    missing = [trial for trial in order if not records.get(trial)]
+    if missing:
+        raise MissingTrialsError(
+            f"Table 1 needs finished folders for {len(missing)} trial(s) that were not given: "
+            + ", ".join(missing)
+        )
+    return [_row(trial, list(records[trial]), published) for trial in order]
+
+
+def _decimals(units: str) -> int:
+    return 2 if units == "% error" else 4
+
+
+def _number(value: float | None, decimals: int, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
+
+
+def _mean_pm_sd(mean: float, sd: float | None, decimals: int, pm: str) -> str:
+    if sd is None:
+        return _number(mean, decimals)
+    return f"{_number(mean, decimals)}{pm}{_number(sd, decimals)}"
+
+
+def _display_cells(row: Mapping[str, Any], pm: str) -> list[str]:
+    """The human-readable cells of one row (Markdown and LaTeX share them)."""
+    error_decimals = _decimals(row["units"])
+    cells = [row["trial"], row["dataset"], row["layer_sizes"], row["topology"], row["units"]]
+    for quantity, decimals in (
+        ("train_error", error_decimals),
+        ("test_error", error_decimals),
+        ("log_spread", 3),
+    ):
+        cells += [
+            _mean_pm_sd(row[f"{quantity}_mean"], row[f"{quantity}_sd"], decimals, pm),
+            _number(row[f"paper_{quantity}"], decimals),
+            _number(row[f"diff_{quantity}"], decimals, signed=True),
+        ]
+    return cells
+
+
+DISPLAY_HEADER = (
+    "Trial",
+    "Data set",
+    "Layer sizes",
+    "Topology",
+    "Units",
+    "Train (ours)",
+    "Train (paper)",
+    "Train Δ",
+    "Test (ours)",
+    "Test (paper)",
+    "Test Δ",
+    "Log-spread (ours)",
+    "Log-spread (paper)",
+    "Log-spread Δ",
+)
+
+NOTE = (
+    "Ours: mean ± sample standard deviation (ddof=1) over seeds; one seed shows its value alone. "
+    "Paper: the published seed-0 runs. Δ = ours − paper. Errors are % for classification data "
+    "sets and mean cost for diabetes; – marks a value the paper does not report."
+)
+
+
+def table1_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Raw numbers at full precision; empty cells where a value does not exist."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(TABLE1_FIELDS)
+    for row in rows:
+        writer.writerow(
+            ["" if row[field] is None else _csv_cell(row[field]) for field in TABLE1_FIELDS]
+        )
+    return out.getvalue()
+
+
+def _csv_cell(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def table1_markdown_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    presets = sorted({row["preset"] for row in rows})
+    lines = [
+        f"Table 1 (preset: {', '.join(presets)})",
+        "",
+        "| " + " | ".join(DISPLAY_HEADER) + " |",
+        "|" + "|".join("---" if i < 5 else "---:" for i in range(len(DISPLAY_HEADER))) + "|",
+    ]
+    lines += ["| " + " | ".join(_display_cells(row, " ± ")) + " |" for row in rows]
+    lines += ["", NOTE, ""]
+    return "\n".join(lines)
+
+
+_LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "_": r"\_",
+    "%": r"\%",
+    "&": r"\&",
+    "#": r"\#",
+    "$": r"\$",
+    "{": r"\{",
+    "}": r"\}",
+    "Δ": r"$\Delta$",
+    "±": r"$\pm$",
+    "−": r"$-$",
+    "–": "--",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIALS.get(char, char) for char in text)
+
+
+def table1_latex_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A booktabs tabular (needs \\usepackage{booktabs}); no float, so callers choose one."""
+    presets = sorted({row["preset"] for row in rows})
+    lines = [
+        f"% Table 1, preset: {', '.join(presets)}. {NOTE}",
+        r"\begin{tabular}{lllll" + "r" * (len(DISPLAY_HEADER) - 5) + "}",
+        r"\toprule",
+        " & ".join(latex_escape(cell) for cell in DISPLAY_HEADER) + r" \\",
+        r"\midrule",
+    ]
+    lines += [
+        " & ".join(latex_escape(cell) for cell in _display_cells(row, "±")) + r" \\" for row in rows
+    ]
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def write_table1(
+    rows: Sequence[Mapping[str, Any]],
+    csv_path: str | os.PathLike,
+    md_path: str | os.PathLike,
+    tex_path: str | os.PathLike,
+) -> None:
+    """Write the CSV (raw numbers), Markdown and LaTeX versions, each atomically."""
+    atomic_write_text(csv_path, table1_csv_text(rows))
+    atomic_write_text(md_path, table1_markdown_text(rows))
+    atomic_write_text(tex_path, table1_latex_text(rows))

@@ -1,0 +1,503 @@
+"""Training: epochs, persistent particles, beta's sign, updates, recorded quantities, checkpoints.
+
+Streams follow spec section 1: one RandomState(seed) stands for the published global NumPy
+stream (batch shuffles, then beta's sign once per batch) and a second one builds the
+topology. A checkpoint after every epoch holds everything the next epoch reads, so a killed
+run resumes to the same numbers an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save
+
+from . import records
+from .data import DataSet, load_dataset
+from .dynamics import Minimiser, make_engine
+from .network import Network, rho
+from .settings import SettingsError, TrialSettings
+from .topology import Topology, build_topology
+
+CHECKPOINT_FORMAT = 1
+
+
+class DeviceError(RuntimeError):
+    """The requested torch device is not available on this machine."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(
+            f"device '{device}' was requested but this machine has no usable CUDA "
+            "(torch.cuda.is_available() is False); set device: cpu (or --device cpu)"
+        )
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise DeviceError(f"device '{device}' is not a valid torch device: {exc}") from exc
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_error: float
+    test_error: float
+    saturated_low: int
+    saturated_high: int
+    seconds: float
+
+    def row(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Evaluation:
+    error: float
+    saturated_low: int
+    saturated_high: int
+
+
+@dataclass
+class History:
+    """What a trial has recorded so far; the part of a checkpoint that is not tensors."""
+
+    rows: list[dict[str, float]] = field(default_factory=list)
+    rates: list[np.ndarray] = field(default_factory=list)
+
+
+class Trainer:
+    """One trial of one network: build it, then train and evaluate it epoch by epoch."""
+
+    def __init__(
+        self,
+        settings: TrialSettings,
+        data_root: str | Path | None = None,
+        engine: str = "fast",
+        eval_chunk: int = 50,
+    ) -> None:
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.stream = np.random.RandomState(settings.seed)
+        torch.manual_seed(settings.seed)
+        self.data: DataSet = load_dataset(settings, self.stream, data_root, self.device)
+        self.topology: Topology = build_topology(settings, np.random.RandomState(settings.seed))
+        self.net = Network.from_topology(self.topology, self.device)
+        self.engine: Minimiser = make_engine(engine, self.net, settings.epsilon)
+        self.eval_chunk = max(1, eval_chunk)
+        hidden = self.net.n_neurons - self.net.n_inputs
+        size = settings.batch_size
+        zeros = dict(dtype=torch.float32, device=self.device)
+        self.train_particles = torch.zeros(len(self.data.train), size, hidden, **zeros)
+        self.test_particles = torch.zeros(len(self.data.test), size, hidden, **zeros)
+        self.beta = float(settings.beta)
+        self.epoch = 0
+        self.history = History()
+        n = self.net.n_neurons
+        self.mean_abs_dw = torch.zeros(n, n, **zeros)
+        self._pair_counts = [
+            float(self.net.mask[self.net.pair_block(k)].sum()) for k in range(self.net.n_pairs)
+        ]
+        self._factor = None
+        self._bias_factor = None
+        if settings.per_layer_rates:
+            self._factor = self.net.pair_learning_rate_matrix(settings.pair_learning_rates)
+            if settings.correct_bias_quirk:
+                self._bias_factor = self._layer_bias_factor(settings.pair_learning_rates)
+
+    def _layer_bias_factor(self, rates: tuple[float, ...]) -> torch.Tensor:
+        """Bias of layer k+1 scaled by the rate of pair k (the fix of spec quirk 3)."""
+        factor = torch.ones(self.net.n_neurons, dtype=torch.float32, device=self.device)
+        offsets = self.net.offsets
+        for k, rate in enumerate(rates):
+            factor[offsets[k + 1] : offsets[k + 2]] = rate
+        return factor
+
+    # -- one batch -------------------------------------------------------------------------
+
+    def _outputs(self, state: torch.Tensor) -> torch.Tensor:
+        return state[:, self.net.output_slice]
+
+    def _score(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Correct count (classification, first maximal index) or the batch's mean cost."""
+        if self.data.classification:
+            return (outputs.argmax(1) == targets.argmax(1)).sum()
+        return (0.5 * ((targets - outputs) ** 2).sum(1)).mean()
+
+    def _update(
+        self, x: torch.Tensor, free: torch.Tensor, nudged: torch.Tensor, beta: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply the EqProp update; return the per-layer rates and |dW| of this batch."""
+        inputs = rho(x.to(torch.float32))
+        r_free = torch.cat([inputs, free], 1)
+        r_nudged = torch.cat([inputs, nudged], 1)
+        both = torch.cat([r_nudged, r_free], 0)
+        signed = torch.cat([r_nudged, -r_free], 0)
+        size = x.shape[0]
+        d_weights = (both.T @ signed).div_(beta).div_(size).mul_(self.net.mask)
+        d_biases = ((r_nudged - r_free) / beta).mean(0)
+        rates = torch.stack(
+            [
+                torch.linalg.vector_norm(d_weights[self.net.pair_block(k)]) / math.sqrt(count)
+                for k, count in enumerate(self._pair_counts)
+            ]
+        )
+        if self._factor is None:
+            rate = float(self.settings.learning_rate)
+            self.net.weights += rate * d_weights
+            self.net.biases += rate * d_biases
+        else:
+            self.net.weights += d_weights * self._factor
+            bias_step = d_biases if self._bias_factor is None else d_biases * self._bias_factor
+            self.net.biases += bias_step
+        self.engine.refresh()
+        return rates, d_weights.abs_()
+
+    def train_epoch(self, progress: Callable[[int], None] | None = None) -> tuple[float, np.ndarray]:
+        """One pass over the training batches in their fixed order."""
+        s = self.settings
+        n_batches = len(self.data.train)
+        rates = torch.empty(n_batches, self.net.n_pairs, dtype=torch.float32, device=self.device)
+        epoch_abs = torch.zeros_like(self.mean_abs_dw)
+        score = torch.zeros((), dtype=torch.float64, device=self.device)
+        for j in range(n_batches):
+            x, y = self.data.train.x[j], self.data.train.y[j]
+            free = self.engine.free(x, self.train_particles[j], s.free_iterations)
+            self.train_particles[j] = free
+            score += self._score(self._outputs(free), y)
+            if self.stream.randint(0, 2) == 1:
+                self.beta = -self.beta
+            nudged = self.engine.nudged(x, free, y, self.beta, s.weakly_clamped_iterations)
+            rates[j], abs_dw = self._update(x, free, nudged, self.beta)
+            epoch_abs += abs_dw
+            if progress is not None:
+                progress(1)
+        self.epoch += 1
+        epoch_abs /= n_batches
+        self.mean_abs_dw += (epoch_abs - self.mean_abs_dw) / self.epoch
+        if self.data.classification:
+            total = n_batches * s.batch_size
+            error = (total - int(score.item())) / total
+        else:
+            error = float(score.item()) / n_batches
+        return error, rates.double().cpu().numpy()
+
+    def evaluate(self) -> Evaluation:
+        """Test error from a free phase on every test batch; test particles persist too."""
+        s = self.settings
+        n_batches = len(self.data.test)
+        scores = []
+        last_state = None
+        for start in range(0, n_batches, self.eval_chunk):
+            stop = min(start + self.eval_chunk, n_batches)
+            x = self.data.test.x[start:stop]
+            y = self.data.test.y[start:stop]
+            rows = x.shape[0] * x.shape[1]
+            state = self.test_particles[start:stop].reshape(rows, -1)
+            free = self.engine.free(x.reshape(rows, -1), state, s.free_iterations)
+            self.test_particles[start:stop] = free.view_as(self.test_particles[start:stop])
+            outputs = self._outputs(free).view(stop - start, s.batch_size, -1)
+            for b in range(stop - start):
+                scores.append(self._score(outputs[b], y[b]))
+            last_state = torch.cat([x[-1].to(torch.float32), free[-s.batch_size :]], 1)
+        total = torch.stack(scores).double().cpu().numpy()
+        if self.data.classification:
+            error = 1 - int(total.sum()) / (n_batches * s.batch_size)
+        else:
+            error = float(sum(float(v) for v in total)) / n_batches
+        return Evaluation(
+            error=error,
+            saturated_low=int((last_state == 0).sum()),
+            saturated_high=int((last_state == 1).sum()),
+        )
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        """Identifies what a checkpoint may resume: settings, engine and evaluation layout."""
+        blob = json.dumps(
+            {
+                "settings": self.settings.to_dict(),
+                "engine": self.engine.name,
+                "eval_chunk": self.eval_chunk,
+                "format": CHECKPOINT_FORMAT,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def save_checkpoint(self, path: Path) -> None:
+        key, pos, has_gauss, gauss = self.stream.get_state(legacy=True)[1:]
+        meta = {
+            "fingerprint": self.fingerprint(),
+            "epoch": self.epoch,
+            "beta": self.beta,
+            "stream": {"pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "rows": self.history.rows,
+        }
+        tensors = {
+            "weights": self.net.weights,
+            "biases": self.net.biases,
+            "train_particles": self.train_particles,
+            "test_particles": self.test_particles,
+            "mean_abs_dw": self.mean_abs_dw,
+            "stream_key": torch.from_numpy(key.astype(np.int64)),
+        }
+        if self.history.rates:
+            tensors["rates"] = torch.from_numpy(np.stack(self.history.rates))
+        blob = save(
+            {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+            metadata={"state": json.dumps(meta)},
+        )
+        records.atomic_write_bytes(path, blob)
+
+    def load_checkpoint(self, path: Path) -> bool:
+        """Resume from ``path`` if it belongs to this exact trial; report whether it did."""
+        if not path.is_file():
+            return False
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = json.loads(handle.metadata()["state"])
+            tensors = load_file(str(path))
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            return False
+        if meta.get("fingerprint") != self.fingerprint():
+            return False
+        self.net.weights.copy_(tensors["weights"])
+        self.net.biases.copy_(tensors["biases"])
+        self.train_particles.copy_(tensors["train_particles"])
+        self.test_particles.copy_(tensors["test_particles"])
+        self.mean_abs_dw.copy_(tensors["mean_abs_dw"])
+        stream = meta["stream"]
+        key = tensors["stream_key"].numpy().astype(np.uint32)
+        self.stream.set_state(("MT19937", key, stream["pos"], stream["has_gauss"], stream["gauss"]))
+        self.beta = float(meta["beta"])
+        self.epoch = int(meta["epoch"])
+        self.history = History(
+            rows=list(meta["rows"]),
+            rates=list(tensors["rates"].numpy()) if "rates" in tensors else [],
+        )
+        self.engine.refresh()
+        return True
+
+
+def log_spread(rates: np.ndarray) -> float:
+    """Population sd of log10 of each pair's mean rate over all batches of all epochs."""
+    if rates.size == 0:
+        return float("nan")
+    means = rates.reshape(-1, rates.shape[-1]).mean(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.std(np.log10(means)))
+
+
+def versions() -> dict[str, str]:
+    import platform
+
+    import sklearn
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "eqp": _package_version(),
+    }
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("eqp")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class TrialOutcome:
+    folder: Path
+    summary: dict[str, Any]
+    resumed_from: int
+
+
+def run_trial(
+    settings: TrialSettings,
+    out_dir: str | Path,
+    data_root: str | Path | None = None,
+    *,
+    engine: str = "fast",
+    checkpoint: str | Path | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+    preset: str | None = None,
+    threads: int | None = None,
+    eval_chunk: int = 50,
+) -> TrialOutcome:
+    """Train ``settings`` for its epochs and write a complete trial folder to ``out_dir``.
+
+    With ``checkpoint`` (a file path outside the declared outputs) the state is saved after
+    every epoch and a rerun continues from the last complete one.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    trainer = Trainer(settings, data_root, engine=engine, eval_chunk=eval_chunk)
+    log(
+        f"trial {settings.name} seed {settings.seed}: {len(trainer.data.train)} training and "
+        f"{len(trainer.data.test)} test batches of {settings.batch_size}; realised p = "
+        f"{trainer.topology.realised_p:.6g}; engine {engine} on {trainer.device}"
+    )
+    checkpoint_path = Path(checkpoint) if checkpoint else None
+    resumed = 0
+    if checkpoint_path is not None and trainer.load_checkpoint(checkpoint_path):
+        resumed = trainer.epoch
+        log(f"resumed from the checkpoint after epoch {resumed}")
+    if not trainer.history.rows:
+        tick = time.perf_counter()
+        initial = trainer.evaluate()
+        trainer.history.rows.append(
+            EpochResult(
+                0,
+                initial.error,
+                initial.error,
+                initial.saturated_low,
+                initial.saturated_high,
+                time.perf_counter() - tick,
+            ).row()
+        )
+        log(f"epoch 0: test error {initial.error:.6g}")
+        if checkpoint_path is not None:
+            trainer.save_checkpoint(checkpoint_path)
+    bar = _progress_bar(progress, settings, len(trainer.data.train), trainer.epoch)
+    try:
+        while trainer.epoch < settings.epochs:
+            tick = time.perf_counter()
+            train_error, rates = trainer.train_epoch(bar.update if bar is not None else None)
+            evaluation = trainer.evaluate()
+            result = EpochResult(
+                trainer.epoch,
+                train_error,
+                evaluation.error,
+                evaluation.saturated_low,
+                evaluation.saturated_high,
+                time.perf_counter() - tick,
+            )
+            trainer.history.rows.append(result.row())
+            trainer.history.rates.append(rates)
+            log(
+                f"epoch {result.epoch}: train error {train_error:.6g}, test error "
+                f"{evaluation.error:.6g} ({result.seconds:.1f} s)"
+            )
+            if checkpoint_path is not None:
+                trainer.save_checkpoint(checkpoint_path)
+    finally:
+        if bar is not None:
+            bar.close()
+    summary = write_trial_folder(trainer, Path(out_dir), preset, time.perf_counter() - started)
+    if checkpoint_path is not None:
+        checkpoint_path.unlink(missing_ok=True)
+    return TrialOutcome(Path(out_dir), summary, resumed)
+
+
+def _progress_bar(enabled: bool, settings: TrialSettings, per_epoch: int, done: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(
+        total=per_epoch * settings.epochs,
+        initial=per_epoch * done,
+        desc=settings.name,
+        unit="batch",
+        dynamic_ncols=True,
+    )
+
+
+def write_trial_folder(
+    trainer: Trainer, folder: Path, preset: str | None, seconds: float
+) -> dict[str, Any]:
+    """Write every output file; summary.json goes last and marks the folder complete."""
+    folder.mkdir(parents=True, exist_ok=True)
+    s = trainer.settings
+    rows = trainer.history.rows
+    pairs = trainer.net.n_pairs
+    rates = (
+        np.stack(trainer.history.rates)
+        if trainer.history.rates
+        else np.zeros((0, len(trainer.data.train), pairs))
+    )
+    records.write_metrics(folder, rows)
+    records.atomic_write_npz(
+        folder / "layer_rates.npz",
+        rates=rates,
+        learning_rates=np.asarray(s.pair_learning_rates, dtype=np.float64),
+    )
+    mask = trainer.topology.mask != 0
+    records.atomic_write_npz(
+        folder / "mean_dw.npz",
+        **records.sparse_from_dense(trainer.mean_abs_dw.cpu().numpy(), mask),
+        layer_sizes=np.asarray(s.layer_sizes, dtype=np.int64),
+    )
+    records.atomic_write_npz(
+        folder / "initial.npz",
+        W=trainer.topology.weights,
+        mask=trainer.topology.mask.astype(np.uint8),
+    )
+    records.atomic_write_bytes(
+        folder / "model.safetensors",
+        save(
+            {
+                "W": trainer.net.weights.detach().cpu().contiguous(),
+                "b": trainer.net.biases.detach().cpu().contiguous(),
+                "mask": trainer.net.mask.detach().cpu().contiguous(),
+            },
+            metadata={"trial": s.name, "seed": str(s.seed)},
+        ),
+    )
+    rate_means = rates.reshape(-1, pairs).mean(0) if rates.size else np.full(pairs, np.nan)
+    summary = {
+        "trial": s.name,
+        "seed": s.seed,
+        "preset": preset,
+        "settings": s.to_dict(),
+        "epochs_run": trainer.epoch,
+        "initial_test_error": rows[0]["test_error"],
+        "train_error": rows[-1]["train_error"],
+        "test_error": rows[-1]["test_error"],
+        "realised_p": trainer.topology.realised_p,
+        "rewired_connections": trainer.topology.rewired,
+        "log_spread": log_spread(rates),
+        "layer_rate_means": [float(v) for v in rate_means],
+        "batches_per_epoch": {"train": len(trainer.data.train), "test": len(trainer.data.test)},
+        "engine": trainer.engine.name,
+        "device": str(trainer.device),
+        "seconds": seconds,
+        "versions": versions(),
+    }
+    records.atomic_write_json(folder / "summary.json", _json_safe(summary))
+    return summary
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN becomes null so that summary.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+__all__ = ["Trainer", "run_trial", "log_spread", "DeviceError", "SettingsError"]

@@ -99,7 +99,9 @@ def load_dataset(
         if data_root is None:
             raise DataError(f"{settings.dataset} needs a data directory (data_root)")
         root = Path(data_root)
-        train = _image_batches(*_torchvision_split(settings.dataset, root, True), n_train, size, rng)
+        train = _image_batches(
+            *_torchvision_split(settings.dataset, root, True), n_train, size, rng
+        )
         test = _image_batches(*_torchvision_split(settings.dataset, root, False), n_test, size, rng)
     else:
         from sklearn import datasets

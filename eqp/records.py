@@ -112,7 +112,9 @@ def read_metrics(folder: str | os.PathLike) -> dict[str, np.ndarray]:
         raise RecordError(f"{path} lacks rows or the columns {', '.join(METRICS_FIELDS)}")
     integer = {"epoch", "saturated_low", "saturated_high"}
     return {
-        name: np.array([row[name] for row in rows], dtype=np.int64 if name in integer else np.float64)
+        name: np.array(
+            [row[name] for row in rows], dtype=np.int64 if name in integer else np.float64
+        )
         for name in METRICS_FIELDS
     }
 

@@ -29,7 +29,10 @@ DATASET_SHAPES: dict[str, dict[str, int]] = {
 
 
 def batch_counts(
-    dataset: str, batch_size: int, train_examples: int | None = None, test_examples: int | None = None
+    dataset: str,
+    batch_size: int,
+    train_examples: int | None = None,
+    test_examples: int | None = None,
 ) -> tuple[int, int]:
     """Training and test batches per epoch, as the spec cuts them, capped by any subset."""
     shape = DATASET_SHAPES[dataset]
@@ -279,7 +282,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def trials_from_config(config: Mapping[str, Any], base_dir: str | Path = ".") -> dict[str, TrialSettings]:
+def trials_from_config(
+    config: Mapping[str, Any], base_dir: str | Path = "."
+) -> dict[str, TrialSettings]:
     """All named trials of a config, with its ``overrides`` applied to each.
 
     A config holds its trials inline (``trials:``) or names a file that does
@@ -297,8 +302,7 @@ def trials_from_config(config: Mapping[str, Any], base_dir: str | Path = ".") ->
     unknown = sorted(set(per_trial) - set(raw))
     if unknown:
         raise SettingsError(
-            f"trial_overrides names unknown trial(s) {', '.join(unknown)}; "
-            f"known: {', '.join(raw)}"
+            f"trial_overrides names unknown trial(s) {', '.join(unknown)}; known: {', '.join(raw)}"
         )
     trials = {}
     for name, data in raw.items():

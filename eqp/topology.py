@@ -222,9 +222,7 @@ def build_topology(settings: TrialSettings, rng: np.random.RandomState) -> Topol
         else:
             rows, cols = np.nonzero(np.tril(mask, -1))
         listed = len(rows)
-        rewired = _rewire(
-            rng, mask, (rows, cols), skip_candidates(sizes), float(settings.bypass_p)
-        )
+        rewired = _rewire(rng, mask, (rows, cols), skip_candidates(sizes), float(settings.bypass_p))
         a = float(settings.bypass_mag)
         weights = rng.uniform(-a, a, size=(n, n)).astype(np.float32)
     for k in range(len(sizes) - 1):

@@ -162,7 +162,9 @@ class Trainer:
         self.engine.refresh()
         return rates, d_weights.abs_()
 
-    def train_epoch(self, progress: Callable[[int], None] | None = None) -> tuple[float, np.ndarray]:
+    def train_epoch(
+        self, progress: Callable[[int], None] | None = None
+    ) -> tuple[float, np.ndarray]:
         """One pass over the training batches in their fixed order."""
         s = self.settings
         n_batches = len(self.data.train)

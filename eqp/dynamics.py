@@ -6,9 +6,9 @@ Two interchangeable engines compute the same thing:
   (every step multiplies the full N x N matrix, input columns zeroed). It is the readable
   oracle the fast engine is tested against.
 * ``FastEngine`` evolves only hidden and output neurons. The input is constant within a batch,
-  so its drive ``rho(x) W_xh + b`` is folded in once per phase; the Euler step
-  ``s + eps (rho(s) W + b - rho(s))`` becomes one fused ``addmm`` with
-  ``W' = eps W_hh + (1 - eps) I`` (states stay in [0, 1], so ``rho(s) = s``), then a clamp.
+  so its drive ``rho(x) W_xh + b`` is folded in once per phase, and states stay in [0, 1], so
+  ``rho(s) = s`` and the Euler step ``s + eps (rho(s) W + b - rho(s))`` is a few GEMMs and a
+  clamp (see the class for the two weight layouts).
 
 Engines implement the small ``Minimiser`` protocol, so a converged free-phase solver can
 replace the Euler loop without touching training.
@@ -48,6 +48,7 @@ class DenseReference:
     def __init__(self, network: Network, epsilon: float) -> None:
         self.net = network
         self.eps = epsilon
+        self.layout = "full"
 
     def refresh(self) -> None:
         return None
@@ -79,60 +80,170 @@ class DenseReference:
         return s[:, self.net.n_inputs :].contiguous()
 
 
+# Rough single-core costs for choosing a layout: seconds per call, and FLOP/s of a small GEMM.
+_CALL_SECONDS = 4e-6
+_SPARSE_CALL_SECONDS = 25e-6
+_GEMM_FLOPS = 25e9
+_SPARSE_FLOPS = 5e9
+_DENSE_BLOCK_DENSITY = 0.25
+
+
 class FastEngine:
-    """Hidden-only Euler steps with the input drive folded in: one addmm and one clamp a step."""
+    """Hidden-only Euler steps with the input drive folded in.
+
+    States are kept transposed (neurons x batch) inside a phase so that every layer's rows are
+    contiguous. Two layouts of ``eps W_hh``:
+
+    * ``dense``: one ``addmm`` with ``W' = eps W_hh + (1 - eps) I`` per step (small nets, GPUs);
+    * ``blocked``: one GEMM per populated layer-to-layer block (adjacent layers, dense intra
+      layers) plus one sparse CSR product for the scattered layer-skipping connections, so
+      the work per step is close to 2 x batch x non-zero weights.
+
+    ``auto`` picks the cheaper by a simple cost model; the mask never changes, so the choice
+    and the block plan are made once and ``refresh`` only copies new values in.
+    """
 
     name = "fast"
 
-    def __init__(self, network: Network, epsilon: float) -> None:
+    def __init__(self, network: Network, epsilon: float, layout: str = "auto") -> None:
+        if layout not in ("auto", "dense", "blocked"):
+            raise ValueError(f"unknown layout {layout!r}; use auto, dense or blocked")
         self.net = network
         self.eps = epsilon
+        self._plan_blocks()
+        if layout == "auto":
+            layout = self._cheaper_layout()
+        self.layout = layout
         self.refresh()
+
+    def _plan_blocks(self) -> None:
+        """Group populated layer-to-layer blocks into runs that one batched GEMM can do.
+
+        Blocks at the same layer offset between equally sized consecutive layers (the
+        paper's hidden layers) are contiguous in the transposed state, so a run of them is a
+        single ``baddbmm``; the scattered rest of the mask goes to one CSR matrix.
+        """
+        n_in = self.net.n_inputs
+        mask = self.net.mask[n_in:, n_in:] != 0
+        bounds = [o - n_in for o in self.net.offsets[1:]]
+        sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        covered = torch.zeros_like(mask)
+        dense_pairs = []
+        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            for j, (c, d) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+                count = int(mask[a:b, c:d].sum())
+                if count and count >= _DENSE_BLOCK_DENSITY * (b - a) * (d - c):
+                    dense_pairs.append((i, j))
+                    covered[a:b, c:d] = True
+        self.runs: list[tuple[int, int, int, int, int]] = []
+        remaining = sorted(dense_pairs, key=lambda ij: (ij[0] - ij[1], ij[1]))
+        while remaining:
+            i, j = remaining.pop(0)
+            count = 1
+            while (
+                (i + count, j + count) in remaining
+                and sizes[i + count] == sizes[i]
+                and sizes[j + count] == sizes[j]
+            ):
+                remaining.remove((i + count, j + count))
+                count += 1
+            self.runs.append((bounds[i], bounds[j], count, sizes[i], sizes[j]))
+        rest = mask & ~covered
+        self._sparse_index = rest.nonzero().T if bool(rest.any()) else None
+        self.hidden = mask.shape[0]
+
+    def _cheaper_layout(self) -> str:
+        if self.net.weights.device.type != "cpu":
+            return "dense"
+        rows = 20
+        dense = 2 * rows * self.hidden**2 / _GEMM_FLOPS + 2 * _CALL_SECONDS
+        block_area = sum(count * n_dst * n_src for _, _, count, n_dst, n_src in self.runs)
+        blocked = 2 * rows * block_area / _GEMM_FLOPS + (len(self.runs) + 2) * _CALL_SECONDS
+        if self._sparse_index is not None:
+            nnz = self._sparse_index.shape[1]
+            blocked += _SPARSE_CALL_SECONDS + 2 * rows * nnz / _SPARSE_FLOPS
+        return "blocked" if blocked < dense else "dense"
 
     def refresh(self) -> None:
         n_in = self.net.n_inputs
         w_hh = self.net.weights[n_in:, n_in:]
-        step = self.eps * w_hh
-        step.diagonal().add_(1 - self.eps)
-        self.step_matrix = step
-        self.input_weights = self.net.weights[:n_in, n_in:]
+        self.input_weights_t = self.net.weights[n_in:, :n_in]
+        if self.layout == "dense":
+            step = self.eps * w_hh
+            step.diagonal().add_(1 - self.eps)
+            self.step_matrix = step
+            return
+        self.run_values = [
+            torch.stack(
+                [
+                    w_hh[
+                        dst + k * n_dst : dst + (k + 1) * n_dst,
+                        src + k * n_src : src + (k + 1) * n_src,
+                    ]
+                    for k in range(count)
+                ]
+            ).mul_(self.eps)
+            for dst, src, count, n_dst, n_src in self.runs
+        ]
+        self.sparse = None
+        if self._sparse_index is not None:
+            rows, cols = self._sparse_index
+            values = self.eps * w_hh[rows, cols]
+            self.sparse = torch.sparse_coo_tensor(
+                self._sparse_index, values, (self.hidden, self.hidden)
+            ).to_sparse_csr()
 
     def _drive(self, x: torch.Tensor) -> torch.Tensor:
-        """eps * (rho(x) W_xh + b_h): everything a step needs that does not move."""
-        hidden_bias = self.net.biases[self.net.n_inputs :]
-        inputs = rho(x.to(self.step_matrix.dtype))
-        return self.eps * torch.addmm(hidden_bias, inputs, self.input_weights)
+        """eps * (W_hx rho(x) + b_h), transposed: everything a step needs that does not move."""
+        hidden_bias = self.net.biases[self.net.n_inputs :, None]
+        inputs = rho(x.to(self.net.weights.dtype))
+        return self.eps * torch.addmm(hidden_bias, self.input_weights_t, inputs.T)
+
+    def _step(self, drive: torch.Tensor, s: torch.Tensor, out: torch.Tensor) -> None:
+        """out = s + eps (W_hh s + drive - s), unclamped (transposed states)."""
+        if self.layout == "dense":
+            torch.addmm(drive, self.step_matrix, s, out=out)
+            return
+        torch.add(drive, s, alpha=1 - self.eps, out=out)
+        batch = s.shape[1]
+        for (dst, src, count, n_dst, n_src), values in zip(self.runs, self.run_values, strict=True):
+            if count == 1:
+                out[dst : dst + n_dst].addmm_(values[0], s[src : src + n_src])
+            else:
+                target = out[dst : dst + count * n_dst].view(count, n_dst, batch)
+                target.baddbmm_(values, s[src : src + count * n_src].view(count, n_src, batch))
+        if self.sparse is not None:
+            out.addmm_(self.sparse, s)
 
     def free(self, x: torch.Tensor, state: torch.Tensor, steps: int) -> torch.Tensor:
         drive = self._drive(x)
-        s = state.clone()
+        s = state.T.contiguous()
         buffer = torch.empty_like(s)
-        matrix = self.step_matrix
         for _ in range(steps):
-            torch.addmm(drive, s, matrix, out=buffer)
+            self._step(drive, s, buffer)
             torch.clamp(buffer, 0, 1, out=s)
-        return s
+        return s.T.contiguous()
 
     def nudged(
         self, x: torch.Tensor, state: torch.Tensor, y: torch.Tensor, beta: float, steps: int
     ) -> torch.Tensor:
         drive = self._drive(x)
-        s = state.clone()
+        s = state.T.contiguous()
         buffer = torch.empty_like(s)
-        out = buffer[:, self.net.output_slice]
+        out = buffer[self.net.output_slice]
+        target = y.T
         pull = 2 * self.eps * beta
-        matrix = self.step_matrix
         for _ in range(steps):
-            torch.addmm(drive, s, matrix, out=buffer)
-            out.copy_(out + pull * (y - out))
+            self._step(drive, s, buffer)
+            out.copy_(out + pull * (target - out))
             torch.clamp(buffer, 0, 1, out=s)
-        return s
+        return s.T.contiguous()
 
 
 ENGINES = {"dense": DenseReference, "fast": FastEngine}
 
 
-def make_engine(name: str, network: Network, epsilon: float) -> Minimiser:
+def make_engine(name: str, network: Network, epsilon: float, **options: str) -> Minimiser:
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
-    return ENGINES[name](network, epsilon)
+    return ENGINES[name](network, epsilon, **options)

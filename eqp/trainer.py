@@ -102,15 +102,21 @@ class Trainer:
         self.beta = float(settings.beta)
         self.epoch = 0
         self.history = History()
-        n = self.net.n_neurons
-        self.mean_abs_dw = torch.zeros(n, n, **zeros)
+        n_in = self.net.n_inputs
+        self.mean_abs_dw = torch.zeros(self.net.n_neurons, hidden, **zeros)
+        self._mask_columns = self.net.mask[:, n_in:].contiguous()
+        self._pair_columns = []
+        for k in range(self.net.n_pairs):
+            rows, cols = self.net.pair_block(k)
+            self._pair_columns.append((rows, slice(cols.start - n_in, cols.stop - n_in)))
         self._pair_counts = [
             float(self.net.mask[self.net.pair_block(k)].sum()) for k in range(self.net.n_pairs)
         ]
         self._factor = None
         self._bias_factor = None
         if settings.per_layer_rates:
-            self._factor = self.net.pair_learning_rate_matrix(settings.pair_learning_rates)
+            factor = self.net.pair_learning_rate_matrix(settings.pair_learning_rates)
+            self._factor = factor[:, n_in:].contiguous()
             if settings.correct_bias_quirk:
                 self._bias_factor = self._layer_bias_factor(settings.pair_learning_rates)
 
@@ -136,29 +142,36 @@ class Trainer:
     def _update(
         self, x: torch.Tensor, free: torch.Tensor, nudged: torch.Tensor, beta: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Apply the EqProp update; return the per-layer rates and |dW| of this batch."""
+        """Apply the EqProp update; return the per-layer rates and |dW| of this batch.
+
+        dW is symmetric and zero between inputs, so only its columns of non-input neurons
+        (N x H) are computed, as one matrix product; the input rows are mirrored afterwards.
+        """
+        n_in = self.net.n_inputs
         inputs = rho(x.to(torch.float32))
         r_free = torch.cat([inputs, free], 1)
         r_nudged = torch.cat([inputs, nudged], 1)
         both = torch.cat([r_nudged, r_free], 0)
-        signed = torch.cat([r_nudged, -r_free], 0)
+        signed = torch.cat([nudged, -free], 0)
         size = x.shape[0]
-        d_weights = (both.T @ signed).div_(beta).div_(size).mul_(self.net.mask)
+        d_weights = (both.T @ signed).div_(beta).div_(size).mul_(self._mask_columns)
         d_biases = ((r_nudged - r_free) / beta).mean(0)
         rates = torch.stack(
             [
-                torch.linalg.vector_norm(d_weights[self.net.pair_block(k)]) / math.sqrt(count)
-                for k, count in enumerate(self._pair_counts)
+                torch.linalg.vector_norm(d_weights[rows, cols]) / math.sqrt(count)
+                for (rows, cols), count in zip(self._pair_columns, self._pair_counts, strict=True)
             ]
         )
+        columns = self.net.weights[:, n_in:]
         if self._factor is None:
             rate = float(self.settings.learning_rate)
-            self.net.weights += rate * d_weights
+            columns += rate * d_weights
             self.net.biases += rate * d_biases
         else:
-            self.net.weights += d_weights * self._factor
+            columns += d_weights * self._factor
             bias_step = d_biases if self._bias_factor is None else d_biases * self._bias_factor
             self.net.biases += bias_step
+        self.net.weights[n_in:, :n_in] = self.net.weights[:n_in, n_in:].T
         self.engine.refresh()
         return rates, d_weights.abs_()
 
@@ -221,6 +234,15 @@ class Trainer:
             saturated_low=int((last_state == 0).sum()),
             saturated_high=int((last_state == 1).sum()),
         )
+
+    def full_mean_abs_dw(self) -> np.ndarray:
+        """The running mean |dW| as a symmetric N x N matrix (kept as its N x H columns)."""
+        n_in = self.net.n_inputs
+        columns = self.mean_abs_dw.cpu().numpy()
+        full = np.zeros((self.net.n_neurons, self.net.n_neurons), dtype=np.float32)
+        full[:, n_in:] = columns
+        full[n_in:, :n_in] = columns[:n_in].T
+        return full
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -448,7 +470,7 @@ def write_trial_folder(
     mask = trainer.topology.mask != 0
     records.atomic_write_npz(
         folder / "mean_dw.npz",
-        **records.sparse_from_dense(trainer.mean_abs_dw.cpu().numpy(), mask),
+        **records.sparse_from_dense(trainer.full_mean_abs_dw(), mask),
         layer_sizes=np.asarray(s.layer_sizes, dtype=np.int64),
     )
     records.atomic_write_npz(

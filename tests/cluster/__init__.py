@@ -1,0 +1,1 @@
+"""Test helpers that start real cluster software (a throw-away single-node Slurm)."""

@@ -127,3 +127,20 @@ def load_dataset(
         return Batches(*(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in pair))
 
     return DataSet(to_batches(train), to_batches(test), settings.classification)
+
+
+def synthetic_dataset(
+    settings: TrialSettings, batches: int, device: str | torch.device = "cpu", seed: int = 0
+) -> DataSet:
+    """Random inputs in [0, 1] and one-hot targets of the trial's shapes, for benchmarks.
+
+    Timing does not depend on the pixel values, and benchmarks must not need a download.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    n_in, n_out = settings.layer_sizes[0], settings.layer_sizes[-1]
+    shape = (batches, settings.batch_size)
+    x = torch.rand(*shape, n_in, generator=generator)
+    labels = torch.randint(n_out, shape, generator=generator)
+    y = torch.nn.functional.one_hot(labels, n_out).to(torch.float32)
+    split = Batches(x.to(device), y.to(device))
+    return DataSet(split, split, settings.classification)

@@ -84,12 +84,15 @@ class Trainer:
         data_root: str | Path | None = None,
         engine: str = "fast",
         eval_chunk: int = 50,
+        data: DataSet | None = None,
     ) -> None:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.stream = np.random.RandomState(settings.seed)
         torch.manual_seed(settings.seed)
-        self.data: DataSet = load_dataset(settings, self.stream, data_root, self.device)
+        if data is None:
+            data = load_dataset(settings, self.stream, data_root, self.device)
+        self.data: DataSet = data
         self.topology: Topology = build_topology(settings, np.random.RandomState(settings.seed))
         self.net = Network.from_topology(self.topology, self.device)
         self.engine: Minimiser = make_engine(engine, self.net, settings.epsilon)
@@ -175,24 +178,30 @@ class Trainer:
         self.engine.refresh()
         return rates, d_weights.abs_()
 
+    def train_batch(self, j: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Free phase, score, beta's sign, nudged phase, update: spec section 5 for batch j."""
+        s = self.settings
+        x, y = self.data.train.x[j], self.data.train.y[j]
+        free = self.engine.free(x, self.train_particles[j], s.free_iterations)
+        self.train_particles[j] = free
+        score = self._score(self._outputs(free), y)
+        if self.stream.randint(0, 2) == 1:
+            self.beta = -self.beta
+        nudged = self.engine.nudged(x, free, y, self.beta, s.weakly_clamped_iterations)
+        rates, abs_dw = self._update(x, free, nudged, self.beta)
+        return score, rates, abs_dw
+
     def train_epoch(
         self, progress: Callable[[int], None] | None = None
     ) -> tuple[float, np.ndarray]:
         """One pass over the training batches in their fixed order."""
-        s = self.settings
         n_batches = len(self.data.train)
         rates = torch.empty(n_batches, self.net.n_pairs, dtype=torch.float32, device=self.device)
         epoch_abs = torch.zeros_like(self.mean_abs_dw)
         score = torch.zeros((), dtype=torch.float64, device=self.device)
         for j in range(n_batches):
-            x, y = self.data.train.x[j], self.data.train.y[j]
-            free = self.engine.free(x, self.train_particles[j], s.free_iterations)
-            self.train_particles[j] = free
-            score += self._score(self._outputs(free), y)
-            if self.stream.randint(0, 2) == 1:
-                self.beta = -self.beta
-            nudged = self.engine.nudged(x, free, y, self.beta, s.weakly_clamped_iterations)
-            rates[j], abs_dw = self._update(x, free, nudged, self.beta)
+            batch_score, rates[j], abs_dw = self.train_batch(j)
+            score += batch_score
             epoch_abs += abs_dw
             if progress is not None:
                 progress(1)
@@ -200,7 +209,7 @@ class Trainer:
         epoch_abs /= n_batches
         self.mean_abs_dw += (epoch_abs - self.mean_abs_dw) / self.epoch
         if self.data.classification:
-            total = n_batches * s.batch_size
+            total = n_batches * self.settings.batch_size
             error = (total - int(score.item())) / total
         else:
             error = float(score.item()) / n_batches

@@ -1,0 +1,147 @@
+"""Command line: ``python -m eqp train | bench | trials``.
+
+The pipeline's scripts call the same library functions directly; this is for people.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .settings import (
+    SettingsError,
+    load_yaml,
+    parse_override,
+    select_trial,
+    trials_from_config,
+)
+
+DEFAULT_CONFIG = "config/paper.yaml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eqp",
+        description="Equilibrium propagation on layered networks with layer-skipping "
+        "connections (Gammell et al. 2021), faithful and fast.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="train one named trial and write its result folder",
+        description="Train one named trial of CONFIG and write metrics.csv, layer_rates.npz, "
+        "mean_dw.npz, initial.npz, model.safetensors and summary.json to --out.",
+    )
+    train.add_argument("config", help="YAML config holding the trial (e.g. config/paper.yaml)")
+    train.add_argument("--trial", required=True, help="trial name, e.g. wine_5layer_swni")
+    train.add_argument("--out", required=True, help="output folder")
+    train.add_argument("--epochs", type=int, help="override the number of epochs")
+    train.add_argument("--device", help="torch device: cpu, cuda or cuda:N")
+    train.add_argument("--seed", type=int, help="override the seed")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any trial setting (YAML value), repeatable: --set batch_size=10",
+    )
+    train.add_argument("--data-dir", default="resources/datasets", help="MNIST data root")
+    train.add_argument("--engine", choices=("fast", "dense"), default="fast")
+    train.add_argument("--checkpoint", help="checkpoint file: saved every epoch, resumed")
+    train.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: the paper's small matrices gain little from more)",
+    )
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    bench = commands.add_parser(
+        "bench",
+        help="time the dense reference against the fast engine",
+        description="Seconds per training batch and per Euler step for each engine on "
+        "synthetic batches of the trial's shapes; prints s/batch=..., the FLOP floor, "
+        "GFLOP/s, a plain matmul's GFLOP/s and the dense/fast ratio.",
+    )
+    bench.add_argument(
+        "--trial",
+        action="append",
+        help="trial name (repeatable); default: mnist_5layer_swni, mnist_3layer_mlff, "
+        "wine_8layer_mlff",
+    )
+    bench.add_argument(
+        "--engine",
+        action="append",
+        choices=("dense", "fast"),
+        help="engine (repeatable); default: both",
+    )
+    bench.add_argument("--batches", type=int, default=3, help="timed batches per engine")
+    bench.add_argument("--config", default=DEFAULT_CONFIG, help="config holding the trials")
+    bench.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    bench.add_argument("--device", help="torch device (default: the trial's)")
+
+    trials = commands.add_parser("trials", help="list the trials of a config")
+    trials.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .trainer import run_trial
+
+    config = load_yaml(args.config)
+    settings = select_trial(trials_from_config(config), args.trial)
+    overrides = dict(parse_override(text) for text in args.set)
+    for key in ("epochs", "device", "seed"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if overrides:
+        settings = settings.with_overrides(overrides)
+    run_trial(
+        settings,
+        args.out,
+        args.data_dir,
+        engine=args.engine,
+        checkpoint=args.checkpoint,
+        progress=not args.no_progress,
+        log=lambda line: print(line, file=sys.stderr),
+        preset=config.get("preset"),
+        threads=args.threads,
+    )
+    print(Path(args.out) / "summary.json")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import DEFAULT_TRIALS, run_benchmark
+
+    config = load_yaml(args.config)
+    trials = trials_from_config(config)
+    chosen = [select_trial(trials, name) for name in (args.trial or DEFAULT_TRIALS)]
+    if args.device:
+        chosen = [s.with_overrides({"device": args.device}) for s in chosen]
+    if args.batches < 1:
+        raise SettingsError(f"--batches = {args.batches} is invalid; use 1 or more")
+    run_benchmark(chosen, args.engine or ("dense", "fast"), args.batches, args.threads)
+    return 0
+
+
+def _trials(args: argparse.Namespace) -> int:
+    for name, s in trials_from_config(
+        load_yaml(args.config), Path(args.config).parent.parent
+    ).items():
+        sizes = "-".join(map(str, s.layer_sizes))
+        print(f"{name:<22} {s.dataset:<14} {s.network_type:<12} {sizes:<32} epochs={s.epochs}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"train": _train, "bench": _bench, "trials": _trials}
+    try:
+        return handlers[args.command](args)
+    except (SettingsError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -16,6 +16,7 @@ replace the Euler loop without touching training.
 
 from __future__ import annotations
 
+import warnings
 from typing import Protocol
 
 import torch
@@ -149,8 +150,13 @@ class FastEngine:
                 count += 1
             self.runs.append((bounds[i], bounds[j], count, sizes[i], sizes[j]))
         rest = mask & ~covered
-        self._sparse_index = rest.nonzero().T if bool(rest.any()) else None
         self.hidden = mask.shape[0]
+        self._sparse_index = None
+        if bool(rest.any()):
+            rows, cols = rest.nonzero().T
+            counts = torch.bincount(rows, minlength=self.hidden)
+            crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+            self._sparse_index = (rows, cols, crow)
 
     def _cheaper_layout(self) -> str:
         if self.net.weights.device.type != "cpu":
@@ -160,7 +166,7 @@ class FastEngine:
         block_area = sum(count * n_dst * n_src for _, _, count, n_dst, n_src in self.runs)
         blocked = 2 * rows * block_area / _GEMM_FLOPS + (len(self.runs) + 2) * _CALL_SECONDS
         if self._sparse_index is not None:
-            nnz = self._sparse_index.shape[1]
+            nnz = len(self._sparse_index[0])
             blocked += _SPARSE_CALL_SECONDS + 2 * rows * nnz / _SPARSE_FLOPS
         return "blocked" if blocked < dense else "dense"
 
@@ -187,11 +193,16 @@ class FastEngine:
         ]
         self.sparse = None
         if self._sparse_index is not None:
-            rows, cols = self._sparse_index
-            values = self.eps * w_hh[rows, cols]
-            self.sparse = torch.sparse_coo_tensor(
-                self._sparse_index, values, (self.hidden, self.hidden)
-            ).to_sparse_csr()
+            rows, cols, crow = self._sparse_index
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                self.sparse = torch.sparse_csr_tensor(
+                    crow,
+                    cols,
+                    self.eps * w_hh[rows, cols],
+                    (self.hidden, self.hidden),
+                    check_invariants=False,
+                )
 
     def _drive(self, x: torch.Tensor) -> torch.Tensor:
         """eps * (W_hx rho(x) + b_h), transposed: everything a step needs that does not move."""

@@ -317,7 +317,7 @@ def fig4(
     spread_ax.tick_params(axis="y", colors="tab:red")
     top.grid(True, which="major", alpha=0.3)
     handles = top.get_legend_handles_labels()[0] + spread_ax.get_legend_handles_labels()[0]
-    top.legend(handles=handles, fontsize=8, loc="upper center")
+    top.legend(handles=handles, fontsize=8, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0))
 
     for k, colour in enumerate(_pair_colours(corrections.shape[1])):
         draw(bottom, _positive(corrections[:, k]), color=colour, label=_pair_label(k))
@@ -325,7 +325,7 @@ def fig4(
     bottom.set_ylabel("RMS correction, final epoch")
     bottom.set_xlabel("rewiring probability p  (0 shown left of the axis break)")
     bottom.grid(True, which="major", alpha=0.3)
-    bottom.legend(fontsize=7, ncol=2, loc="best")
+    bottom.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     for ax in (top, bottom):
         _p_axis(ax, zero_x, positive)
 
@@ -364,7 +364,7 @@ def fig5(
     norm = LogNorm(vmin=positive_values.min(), vmax=positive_values.max())
     cmap = colormaps["viridis"].with_extremes(bad="white")
 
-    fig = Figure(figsize=(5.2 * len(groups) + 1.2, 5.6), layout="constrained")
+    fig = Figure(figsize=(4.6 * len(groups) + 1.4, 5.2), layout="constrained")
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
     image = None
     for ax, (label, record) in zip(axes, chosen.items(), strict=True):

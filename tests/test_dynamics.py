@@ -1,0 +1,101 @@
+"""Dynamics: the fast engine against the dense reference, and the physics of the free phase."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from eqp.data import synthetic_dataset
+from eqp.dynamics import DenseReference, FastEngine
+from eqp.network import Network
+from eqp.topology import build_topology
+from eqp.trainer import Trainer
+
+
+def _network(settings, seed=0):
+    return Network.from_topology(build_topology(settings, np.random.RandomState(seed)))
+
+
+def _batch(settings, net, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(settings.batch_size, net.n_inputs, generator=generator)
+    hidden = net.n_neurons - net.n_inputs
+    state = torch.rand(settings.batch_size, hidden, generator=generator)
+    y = torch.nn.functional.one_hot(
+        torch.randint(settings.layer_sizes[-1], (settings.batch_size,), generator=generator),
+        settings.layer_sizes[-1],
+    ).float()
+    return x, state, y
+
+
+CASES = [
+    ("wine_8layer_mlff", {}),
+    ("wine_8layer_swni", {}),
+    ("wine_8layer_swni", {"network_type": "SW_intra"}),
+    ("mnist_5layer_swni", {}),
+    ("mnist_3layer_mlff", {}),
+]
+
+
+@pytest.mark.parametrize(("name", "change"), CASES)
+@pytest.mark.parametrize("layout", ["dense", "blocked"])
+def test_fast_engine_matches_the_dense_reference(paper_trials, name, change, layout):
+    settings = paper_trials[name].with_overrides(change)
+    net = _network(settings)
+    net.biases.uniform_(-0.1, 0.1, generator=torch.Generator().manual_seed(1))
+    x, state, y = _batch(settings, net)
+    reference = DenseReference(net, settings.epsilon)
+    fast = FastEngine(net, settings.epsilon, layout)
+    steps = 60
+    free_ref = reference.free(x, state, steps)
+    free_fast = fast.free(x, state, steps)
+    assert torch.allclose(free_fast, free_ref, atol=2e-5, rtol=0)
+    for beta in (1.0, -1.0):
+        nudged_ref = reference.nudged(x, free_ref, y, beta, 8)
+        nudged_fast = fast.nudged(x, free_ref, y, beta, 8)
+        assert torch.allclose(nudged_fast, nudged_ref, atol=2e-5, rtol=0)
+
+
+def test_auto_layout_picks_blocks_for_mnist_and_dense_for_small_nets(paper_trials):
+    assert FastEngine(_network(paper_trials["mnist_3layer_mlff"]), 0.5).layout == "blocked"
+    assert FastEngine(_network(paper_trials["wine_8layer_mlff"]), 0.5).layout == "dense"
+
+
+def test_inputs_never_move_in_the_reference(paper_trials):
+    settings = paper_trials["wine_5layer_swni"]
+    net = _network(settings)
+    x, state, y = _batch(settings, net)
+    reference = DenseReference(net, settings.epsilon)
+    full = reference._full(x, state)
+    for _ in range(20):
+        full = reference._energy_step(full).clamp(0, 1)
+    assert torch.equal(full[:, : net.n_inputs], x)
+
+
+def test_free_phase_never_increases_the_energy(paper_trials):
+    settings = paper_trials["mnist_5layer_swni"]
+    net = _network(settings)
+    net.biases.uniform_(-0.2, 0.2, generator=torch.Generator().manual_seed(2))
+    x, state, _ = _batch(settings, net)
+    fast = FastEngine(net, settings.epsilon)
+    energies = []
+    for _ in range(50):
+        energies.append(net.energy(torch.cat([x, state], 1)).double())
+        state = fast.free(x, state, 1)
+    energies = torch.stack(energies)
+    assert torch.all(energies[1:] <= energies[:-1] + 1e-4)
+    assert energies[-1].sum() < energies[0].sum()
+
+
+def test_training_batches_agree_between_engines(paper_trials):
+    settings = paper_trials["wine_5layer_swni"].with_overrides({"free_iterations": 200})
+    data = synthetic_dataset(settings, 4)
+    trainers = {name: Trainer(settings, engine=name, data=data) for name in ("dense", "fast")}
+    for j in range(4):
+        outputs = {name: t.train_batch(j) for name, t in trainers.items()}
+        dense_rates, fast_rates = outputs["dense"][1], outputs["fast"][1]
+        assert torch.allclose(dense_rates, fast_rates, rtol=1e-3, atol=1e-7)
+    assert torch.allclose(
+        trainers["dense"].net.weights, trainers["fast"].net.weights, atol=1e-5, rtol=0
+    )

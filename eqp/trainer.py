@@ -297,13 +297,13 @@ class Trainer:
         """Resume from ``path`` if it belongs to this exact trial; report whether it did."""
         if not path.is_file():
             return False
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(str(path), framework="pt") as handle:
                 meta = json.loads(handle.metadata()["state"])
             tensors = load_file(str(path))
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError):
             return False
         if meta.get("fingerprint") != self.fingerprint():
             return False
@@ -393,9 +393,12 @@ def run_trial(
     )
     checkpoint_path = Path(checkpoint) if checkpoint else None
     resumed = 0
-    if checkpoint_path is not None and trainer.load_checkpoint(checkpoint_path):
-        resumed = trainer.epoch
-        log(f"resumed from the checkpoint after epoch {resumed}")
+    if checkpoint_path is not None and checkpoint_path.exists():
+        if trainer.load_checkpoint(checkpoint_path):
+            resumed = trainer.epoch
+            log(f"resumed from the checkpoint after epoch {resumed}")
+        else:
+            log(f"ignored {checkpoint_path}: unreadable or made with other settings; starting over")
     if not trainer.history.rows:
         tick = time.perf_counter()
         initial = trainer.evaluate()

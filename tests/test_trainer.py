@@ -1,0 +1,237 @@
+"""A trial run end to end: its folder, determinism, kill-and-resume, and the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from eqp import records
+from eqp.trainer import DeviceError, Trainer, resolve_device, run_trial
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _small(paper_trials, **change):
+    base = {"epochs": 3, "free_iterations": 100, "weakly_clamped_iterations": 4}
+    return paper_trials["wine_5layer_swni"].with_overrides({**base, **change})
+
+
+def _comparable(folder: Path) -> dict:
+    metrics = records.read_metrics(folder)
+    metrics.pop("seconds")
+    summary = json.loads((folder / "summary.json").read_text())
+    for key in ("seconds", "versions"):
+        summary.pop(key)
+    return {
+        "metrics": {k: v.tolist() for k, v in metrics.items()},
+        "summary": summary,
+        "model": {k: v.tolist() for k, v in load_file(folder / "model.safetensors").items()},
+        "rates": records.TrialRecord.open(folder).layer_rates.tolist(),
+        "mean_dw": records.TrialRecord.open(folder).mean_dw.tolist(),
+    }
+
+
+def test_trial_folder_holds_every_output(paper_trials, tmp_path):
+    settings = _small(paper_trials)
+    outcome = run_trial(settings, tmp_path / "out", log=lambda _: None, preset="demo")
+    folder = outcome.folder
+    for name in records.FILES:
+        assert (folder / name).stat().st_size > 0, name
+    metrics = records.read_metrics(folder)
+    assert metrics["epoch"].tolist() == [0, 1, 2, 3]
+    assert metrics["train_error"][0] == metrics["test_error"][0]
+    record = records.TrialRecord.open(folder)
+    assert record.layer_rates.shape == (3, 30, 6)
+    assert record.learning_rates.tolist() == [0.01] * 6
+    initial = record.initial
+    assert initial["W"].dtype == np.float32 and initial["mask"].shape == (66, 66)
+    mean_dw = record.mean_dw
+    assert np.array_equal(mean_dw, mean_dw.T)
+    assert not mean_dw[initial["mask"] == 0].any()
+    summary = outcome.summary
+    assert summary["preset"] == "demo"
+    assert summary["realised_p"] == pytest.approx(0.1)
+    assert summary["test_error"] == metrics["test_error"][-1]
+    assert np.isfinite(summary["log_spread"])
+    assert not list(folder.glob(".*.tmp"))
+
+
+def test_same_config_and_seed_give_identical_results(paper_trials, tmp_path):
+    settings = _small(paper_trials)
+    first = run_trial(settings, tmp_path / "a", log=lambda _: None).folder
+    second = run_trial(settings, tmp_path / "b", log=lambda _: None).folder
+    assert _comparable(first) == _comparable(second)
+
+
+def test_different_seeds_give_different_networks(paper_trials, tmp_path):
+    a = Trainer(_small(paper_trials, seed=0))
+    b = Trainer(_small(paper_trials, seed=1))
+    assert not torch.equal(a.net.weights, b.net.weights)
+
+
+def test_checkpoint_resume_equals_an_uninterrupted_run(paper_trials, tmp_path):
+    settings = _small(paper_trials)
+    straight = Trainer(settings)
+    straight.evaluate()
+    expected = [straight.train_epoch()[0] for _ in range(3)]
+    expected_test = straight.evaluate().error
+
+    checkpoint = tmp_path / "state.safetensors"
+    first = Trainer(settings)
+    first.evaluate()
+    got = [first.train_epoch()[0] for _ in range(2)]
+    first.history.rows.append({"epoch": 2})
+    first.save_checkpoint(checkpoint)
+    second = Trainer(settings)
+    assert second.load_checkpoint(checkpoint)
+    assert second.epoch == 2
+    got.append(second.train_epoch()[0])
+    assert got == expected
+    assert second.evaluate().error == expected_test
+    assert torch.equal(second.net.weights, straight.net.weights)
+
+
+def _train_command(out: Path, checkpoint: Path, epochs: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "eqp",
+        "train",
+        str(ROOT / "config" / "paper.yaml"),
+        "--trial",
+        "wine_5layer_swni",
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--set",
+        "free_iterations=300",
+        "--checkpoint",
+        str(checkpoint),
+        "--no-progress",
+    ]
+
+
+def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_outputs(tmp_path):
+    epochs = 6
+    reference = tmp_path / "reference"
+    subprocess.run(
+        _train_command(reference, tmp_path / "unused.safetensors", epochs),
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
+    out = tmp_path / "killed"
+    checkpoint = tmp_path / "state.safetensors"
+    process = subprocess.Popen(
+        _train_command(out, checkpoint, epochs),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    epoch_seen = -1
+    while time.monotonic() < deadline and process.poll() is None:
+        if checkpoint.exists():
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(checkpoint), framework="np") as handle:
+                    epoch_seen = json.loads(handle.metadata()["state"])["epoch"]
+            except Exception:
+                epoch_seen = -1
+            if epoch_seen >= 2:
+                break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "summary.json").exists()
+    resumed = subprocess.run(
+        _train_command(out, checkpoint, epochs), capture_output=True, text=True, cwd=ROOT
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from the checkpoint after epoch {epoch_seen}" in resumed.stderr
+    assert _comparable(out) == _comparable(reference)
+    assert not checkpoint.exists()
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(paper_trials, tmp_path):
+    checkpoint = tmp_path / "state.safetensors"
+    first = Trainer(_small(paper_trials))
+    first.history.rows.append({"epoch": 0})
+    first.save_checkpoint(checkpoint)
+    assert Trainer(_small(paper_trials)).load_checkpoint(checkpoint)
+    assert not Trainer(_small(paper_trials, learning_rate=0.02)).load_checkpoint(checkpoint)
+    checkpoint.write_bytes(b"truncated")
+    assert not Trainer(_small(paper_trials)).load_checkpoint(checkpoint)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_one_clear_error(paper_trials):
+    with pytest.raises(DeviceError, match="device 'cuda' was requested but this machine has no"):
+        resolve_device("cuda")
+    with pytest.raises(DeviceError):
+        Trainer(_small(paper_trials, device="cuda"))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "eqp", *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+def test_cli_help_documents_every_command():
+    result = _cli("--help")
+    assert result.returncode == 0
+    for command in ("train", "bench", "trials"):
+        assert command in result.stdout
+        sub = _cli(command, "--help")
+        assert sub.returncode == 0 and "usage" in sub.stdout
+
+
+def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
+    paper = str(ROOT / "config" / "paper.yaml")
+    cases = [
+        (("train", paper, "--trial", "nope", "--out", str(tmp_path)), "unknown trial 'nope'"),
+        (
+            (
+                "train",
+                paper,
+                "--trial",
+                "wine_5layer_swni",
+                "--out",
+                str(tmp_path),
+                "--set",
+                "bypass_p=2",
+            ),
+            "bypass_p = 2 is invalid",
+        ),
+        (("train", str(tmp_path / "missing.yaml"), "--trial", "x", "--out", "o"), "does not exist"),
+        (("bench", "--trial", "nope"), "unknown trial 'nope'"),
+    ]
+    for args, message in cases:
+        result = _cli(*args)
+        assert result.returncode == 2
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_cli_bench_prints_seconds_per_batch_for_each_engine():
+    result = _cli("bench", "--trial", "wine_5layer_mlff", "--batches", "1", "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if "s/batch=" in line]
+    assert len(lines) == 2
+    assert "engine=dense" in lines[0] and "engine=fast" in lines[1]
+    assert "speedup(dense/fast)=" in result.stdout

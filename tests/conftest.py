@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,25 @@ def paper_trials():
 def published():
     with open(ROOT / "eqp" / "published_runs.json") as handle:
         return json.load(handle)
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real single-node Slurm cluster, started for the session and stopped by PID after.
+
+    Skipped where Slurm is not installed or we are not root, unless EQP_REQUIRE_SLURM=1
+    (as in CI), where that is a failure instead of a silent skip.
+    """
+    from cluster.slurm import slurm_cluster, slurm_installed
+
+    reason = None
+    if not slurm_installed():
+        reason = "Slurm/munge not installed; run `sudo .ci/install-slurm.sh`"
+    elif os.geteuid() != 0:
+        reason = "the Slurm test cluster must run as root (SlurmUser=root)"
+    if reason:
+        if os.environ.get("EQP_REQUIRE_SLURM") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as running:
+        yield running

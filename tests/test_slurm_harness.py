@@ -10,16 +10,14 @@ see no ``SLURM_JOB_ID``.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster.slurm import SlurmCluster, slurm_cluster, slurm_installed
+from cluster.slurm import SlurmCluster
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "slurm"
@@ -45,15 +43,10 @@ rule combine:
 """
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    """One cluster for the whole module (start-up takes a few seconds)."""
-    if not slurm_installed():
-        pytest.skip("Slurm/munge not installed; run `sudo .ci/install-slurm.sh`")
-    if os.geteuid() != 0:
-        pytest.skip("the Slurm test cluster must run as root (SlurmUser=root)")
-    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as running:
-        yield running
+@pytest.fixture
+def cluster(slurm: SlurmCluster) -> SlurmCluster:
+    """The session's cluster (see conftest.py: started once, stopped at the end)."""
+    return slurm
 
 
 @pytest.mark.slurm

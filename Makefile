@@ -1,0 +1,39 @@
+# The two set-up commands of the README: `make run` (the whole paper at demo scale) and
+# `make test`. Both create the virtual environment on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= all
+SNAKEMAKE_ARGS ?=
+
+.PHONY: run paper test test-fast bench lint clean venv
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: venv
+	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+
+paper: venv
+	$(BIN)/snakemake --cores $(CORES) --configfile config/paper.yaml $(SNAKEMAKE_ARGS)
+
+test: venv
+	$(BIN)/python -m pytest -ra
+
+test-fast: venv
+	$(BIN)/python -m pytest -ra -m "not slow and not slurm"
+
+bench: venv
+	$(BIN)/python -m eqp bench --batches 3
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/snakemake --lint
+
+clean:
+	rm -rf results figures tables logs benchmarks/runs report.html .snakemake

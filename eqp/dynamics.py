@@ -21,6 +21,7 @@ from typing import Protocol
 
 import torch
 
+from . import kernels
 from .network import Network, rho
 
 
@@ -92,13 +93,14 @@ _DENSE_BLOCK_DENSITY = 0.25
 class FastEngine:
     """Hidden-only Euler steps with the input drive folded in.
 
-    States are kept transposed (neurons x batch) inside a phase so that every layer's rows are
-    contiguous. Two layouts of ``eps W_hh``:
+    Two layouts of ``eps W_hh``:
 
-    * ``dense``: one ``addmm`` with ``W' = eps W_hh + (1 - eps) I`` per step (small nets, GPUs);
+    * ``dense``: one ``addmm`` with ``W' = eps W_hh + (1 - eps) I`` per step and a clamp, in a
+      TorchScript loop (small nets, GPUs);
     * ``blocked``: one GEMM per populated layer-to-layer block (adjacent layers, dense intra
       layers) plus one sparse CSR product for the scattered layer-skipping connections, so
-      the work per step is close to 2 x batch x non-zero weights.
+      the work per step is close to 2 x batch x non-zero weights. States are kept transposed
+      (neurons x batch) so that every layer's rows are contiguous.
 
     ``auto`` picks the cheaper by a simple cost model; the mask never changes, so the choice
     and the block plan are made once and ``refresh`` only copies new values in.
@@ -149,6 +151,7 @@ class FastEngine:
                 remaining.remove((i + count, j + count))
                 count += 1
             self.runs.append((bounds[i], bounds[j], count, sizes[i], sizes[j]))
+        self._run_lists = [list(run) for run in self.runs]
         rest = mask & ~covered
         self.hidden = mask.shape[0]
         self._sparse_index = None
@@ -210,45 +213,52 @@ class FastEngine:
         inputs = rho(x.to(self.net.weights.dtype))
         return self.eps * torch.addmm(hidden_bias, self.input_weights_t, inputs.T)
 
-    def _step(self, drive: torch.Tensor, s: torch.Tensor, out: torch.Tensor) -> None:
-        """out = s + eps (W_hh s + drive - s), unclamped (transposed states)."""
-        if self.layout == "dense":
-            torch.addmm(drive, self.step_matrix, s, out=out)
-            return
-        torch.add(drive, s, alpha=1 - self.eps, out=out)
-        batch = s.shape[1]
-        for (dst, src, count, n_dst, n_src), values in zip(self.runs, self.run_values, strict=True):
-            if count == 1:
-                out[dst : dst + n_dst].addmm_(values[0], s[src : src + n_src])
-            else:
-                target = out[dst : dst + count * n_dst].view(count, n_dst, batch)
-                target.baddbmm_(values, s[src : src + count * n_src].view(count, n_src, batch))
-        if self.sparse is not None:
-            out.addmm_(self.sparse, s)
-
     def free(self, x: torch.Tensor, state: torch.Tensor, steps: int) -> torch.Tensor:
         drive = self._drive(x)
+        if self.layout == "dense":
+            s = state.clone()
+            return kernels.compiled("free_loop")(
+                drive.T.contiguous(), s, self.step_matrix, torch.empty_like(s), steps
+            )
         s = state.T.contiguous()
-        buffer = torch.empty_like(s)
-        for _ in range(steps):
-            self._step(drive, s, buffer)
-            torch.clamp(buffer, 0, 1, out=s)
+        s = kernels.compiled("blocked_free_loop")(
+            drive, s, torch.empty_like(s), *self._blocked_arguments(), steps
+        )
         return s.T.contiguous()
 
     def nudged(
         self, x: torch.Tensor, state: torch.Tensor, y: torch.Tensor, beta: float, steps: int
     ) -> torch.Tensor:
         drive = self._drive(x)
-        s = state.T.contiguous()
-        buffer = torch.empty_like(s)
-        out = buffer[self.net.output_slice]
-        target = y.T
         pull = 2 * self.eps * beta
-        for _ in range(steps):
-            self._step(drive, s, buffer)
-            out.copy_(out + pull * (target - out))
-            torch.clamp(buffer, 0, 1, out=s)
+        if self.layout == "dense":
+            s = state.clone()
+            first_output = self.net.output_slice.start
+            return kernels.compiled("nudged_loop")(
+                drive.T.contiguous(),
+                s,
+                self.step_matrix,
+                torch.empty_like(s),
+                y,
+                pull,
+                first_output,
+                steps,
+            )
+        s = state.T.contiguous()
+        s = kernels.compiled("blocked_nudged_loop")(
+            drive,
+            s,
+            torch.empty_like(s),
+            *self._blocked_arguments(),
+            y.T,
+            pull,
+            self.net.output_slice.start,
+            steps,
+        )
         return s.T.contiguous()
+
+    def _blocked_arguments(self) -> tuple:
+        return (1 - self.eps, self._run_lists, self.run_values, self.sparse)
 
 
 ENGINES = {"dense": DenseReference, "fast": FastEngine}

@@ -235,3 +235,32 @@ def test_cli_bench_prints_seconds_per_batch_for_each_engine():
     assert len(lines) == 2
     assert "engine=dense" in lines[0] and "engine=fast" in lines[1]
     assert "speedup(dense/fast)=" in result.stdout
+
+
+@pytest.mark.parametrize("correct", [False, True])
+def test_per_layer_rates_scale_blocks_and_bias_as_configured(paper_trials, correct):
+    rates = [0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625]
+    settings = _small(
+        paper_trials, network_type="MLFF", learning_rate=rates, correct_bias_quirk=correct
+    )
+    from eqp.data import synthetic_dataset
+
+    trainer = Trainer(settings, data=synthetic_dataset(settings, 1))
+    w0, b0 = trainer.net.weights.clone(), trainer.net.biases.clone()
+    x = trainer.data.train.x[0]
+    free = trainer.engine.free(x, trainer.train_particles[0], settings.free_iterations)
+    nudged = trainer.engine.nudged(x, free, trainer.data.train.y[0], 1.0, 4)
+    trainer._update(x, free, nudged, 1.0)
+    inputs = x.float()
+    r_free, r_nudged = torch.cat([inputs, free], 1), torch.cat([inputs, nudged], 1)
+    d_w = (r_nudged.T @ r_nudged - r_free.T @ r_free) / x.shape[0] * trainer.net.mask
+    d_b = (r_nudged - r_free).mean(0)
+    offsets = trainer.net.offsets
+    for k, rate in enumerate(rates):
+        rows, cols = slice(offsets[k], offsets[k + 1]), slice(offsets[k + 1], offsets[k + 2])
+        step = trainer.net.weights[rows, cols] - w0[rows, cols]
+        assert torch.allclose(step, rate * d_w[rows, cols], atol=1e-6)
+        bias_step = trainer.net.biases[cols] - b0[cols]
+        expected = rate * d_b[cols] if correct else d_b[cols]
+        assert torch.allclose(bias_step, expected, atol=1e-6)
+    assert torch.equal(trainer.net.weights, trainer.net.weights.T)

@@ -1,12 +1,16 @@
-"""Snakemake script: obtain and verify one raw data set (all logic lives in eqp.sources)."""
+"""Snakemake script of fetch_dataset: obtain and verify one raw data set (eqp.sources).
 
-import logging
+config["dataset_source_dir"] is read here rather than passed as a param on purpose: the files
+are md5-verified whatever their route, so pointing the pipeline at a local copy must not make
+Snakemake re-fetch and then retrain everything downstream.
+"""
 
+from eqp.pipeline import logged
 from eqp.sources import ensure_dataset
 
 smk = snakemake  # noqa: F821  (injected by Snakemake's script directive)
 
-logging.basicConfig(
-    filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
-)
-ensure_dataset(smk.params.name, smk.params.root, user_dir=smk.params.user_dir or None)
+with logged(smk.log[0]):
+    ensure_dataset(
+        smk.params.name, smk.params.root, user_dir=smk.config.get("dataset_source_dir") or None
+    )

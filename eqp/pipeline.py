@@ -1,0 +1,568 @@
+"""What the Snakemake workflow runs: a pipeline config resolved into jobs, paths and resources.
+
+The Snakefile stays declarative; every decision it needs lives here, in plain Python that the
+tests import without Snakemake:
+
+* which named trials and seeds exist, and the fully resolved :class:`TrialSettings` of each
+  (``trials``/``trials_file``, then ``overrides``, ``dataset_overrides``, ``trial_overrides``,
+  then the config-wide ``device``);
+* the bypass-p sweep: ``[0] + numpy.logspace(start, stop, num)`` on the settings of the base
+  trial, each point a folder ``p{p:.6f}`` (checked unique);
+* the settings of one job as a plain dict, handed to the rule as ``params`` so that Snakemake
+  reruns exactly the jobs whose settings changed;
+* the resources of a training job (memory, wall time, a GPU when the device is CUDA);
+* the thin entry points that the ``scripts/`` call (train, draw a figure, write Table 1).
+
+Nothing here imports torch or matplotlib at module level: the workflow imports this module
+every time it builds its DAG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .records import TrialRecord
+from .settings import (
+    DATASET_SHAPES,
+    SettingsError,
+    TrialSettings,
+    load_yaml,
+    trial_from_dict,
+    trials_from_config,
+    with_seed,
+)
+
+# Data sets fetched into ``data_dir`` (torchvision layout); the others ship with scikit-learn.
+DOWNLOADED = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+TRIAL_FILES = (
+    "metrics.csv",
+    "layer_rates.npz",
+    "mean_dw.npz",
+    "initial.npz",
+    "model.safetensors",
+    "summary.json",
+)
+FIGURES = ("fig2", "fig3", "fig4", "fig5")
+# The named trials each figure draws (fig4 draws the sweep instead).
+FIGURE_TRIALS = {
+    "fig2": ("mnist_3layer_mlff", "mnist_3layer_mlffpl", "mnist_3layer_swni"),
+    "fig3": ("mnist_3layer_mlff", "mnist_3layer_mlffpl", "mnist_3layer_swni"),
+    "fig5": ("mnist_5layer_mlff", "mnist_5layer_swni"),
+}
+
+# Resource model of a training job on one CPU thread of the fast engine, fitted to this
+# project's measurements and rounded up: a settling step costs a fixed overhead plus a time
+# per connection and example (mnist_5layer ~0.2 s and mnist_3layer ~0.6 s per batch of 20;
+# diabetes_8layer ~5 s per epoch, where the fixed overhead dominates).
+SECONDS_PER_STEP = 2.0e-5
+SECONDS_PER_EDGE_EXAMPLE = 1.0e-10
+JOB_OVERHEAD_S = 60.0
+RUNTIME_MARGIN = 2.0
+MIN_RUNTIME_MIN = 10
+BASE_MEM_MB = 1500
+
+
+class PipelineError(SettingsError):
+    """The pipeline config is inconsistent; the message says which key and how to fix it."""
+
+
+def typed_cli_values(value: Any) -> Any:
+    """Values of ``snakemake --config k=v`` with their YAML types back.
+
+    Snakemake parses ``--config seeds=[0,1]`` with YAML's BaseLoader, which keeps every
+    nested scalar a string (``['0', '1']``); this turns such strings into the int, float,
+    bool or null they spell and leaves every other string alone.
+    """
+    import yaml
+
+    if isinstance(value, Mapping):
+        return {key: typed_cli_values(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [typed_cli_values(item) for item in value]
+    if isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        if parsed is None or isinstance(parsed, (bool, int, float)):
+            return parsed
+    return value
+
+
+def dataset_of_folder(folder: str) -> str:
+    """``mnist`` for ``MNIST``, ``fashion_mnist`` for ``FashionMNIST`` (torchvision folders)."""
+    for name, known in DOWNLOADED.items():
+        if known == folder:
+            return name
+    raise PipelineError(f"no data set is fetched into a folder named {folder!r}")
+
+
+def p_label(p: float) -> str:
+    """The folder label of a sweep point, as the published code named it (``%0.6f``)."""
+    return f"{p:.6f}"
+
+
+def sweep_values(sweep: Mapping[str, Any]) -> list[float]:
+    """``[0] + logspace(start, stop, num)`` (the zero only with ``include_zero``)."""
+    import numpy as np
+
+    spec = sweep.get("logspace") or {}
+    try:
+        start, stop, num = float(spec["start"]), float(spec["stop"]), int(spec["num"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PipelineError(
+            f"sweep.logspace must give numbers start and stop and an integer num, got {spec!r}"
+        ) from exc
+    values = [float(v) for v in np.logspace(start, stop, num)] if num > 0 else []
+    if sweep.get("include_zero", True):
+        values = [0.0, *values]
+    bad = [v for v in values if not 0.0 <= v <= 1.0]
+    if bad:
+        raise PipelineError(
+            f"sweep.logspace gives p = {bad[0]:g}, outside [0, 1]; use start, stop <= 0"
+        )
+    if not values:
+        raise PipelineError("the sweep has no points: set sweep.logspace.num >= 1")
+    return values
+
+
+def _sweep_labels(values: Sequence[float]) -> list[str]:
+    labels = [p_label(p) for p in values]
+    seen: dict[str, float] = {}
+    for label, p in zip(labels, values, strict=True):
+        if label in seen:
+            raise PipelineError(
+                f"sweep points p = {seen[label]!r} and p = {p!r} share the folder p{label} "
+                "(six decimals); use fewer points (sweep.logspace.num) or a narrower range"
+            )
+        seen[label] = p
+    return labels
+
+
+def _raw_trials(config: Mapping[str, Any], base_dir: Path) -> Mapping[str, Any]:
+    if config.get("trials") is not None and config.get("trials_file"):
+        raise PipelineError("the config gives both 'trials:' and 'trials_file:'; keep one of them")
+    raw = config.get("trials")
+    if raw is None and config.get("trials_file"):
+        path = Path(config["trials_file"])
+        raw = load_yaml(path if path.is_absolute() else base_dir / path).get("trials")
+    if not isinstance(raw, Mapping) or not raw:
+        raise PipelineError("the config names no trials: give 'trials:' or 'trials_file:'")
+    return raw
+
+
+def _with_dataset_overrides(config: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
+    """The config with ``dataset_overrides`` folded into ``trial_overrides`` (below them)."""
+    per_dataset = dict(config.get("dataset_overrides") or {})
+    unknown = sorted(set(per_dataset) - set(DATASET_SHAPES))
+    if unknown:
+        raise PipelineError(
+            f"dataset_overrides names unknown data set(s) {', '.join(unknown)}; "
+            f"known: {', '.join(DATASET_SHAPES)}"
+        )
+    raw = _raw_trials(config, base_dir)
+    per_trial = {name: dict(v or {}) for name, v in (config.get("trial_overrides") or {}).items()}
+    merged: dict[str, dict[str, Any]] = {}
+    for name, data in raw.items():
+        dataset = (data or {}).get("dataset")
+        layer = dict(per_dataset.get(dataset) or {})
+        layer.update(per_trial.pop(name, {}))
+        if layer:
+            merged[name] = layer
+    merged.update(per_trial)  # unknown names: trials_from_config reports them
+    resolved = {key: value for key, value in config.items() if key != "trials_file"}
+    resolved["trials"] = raw
+    resolved["trial_overrides"] = merged
+    return resolved
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every job of one pipeline config, resolved and validated."""
+
+    preset: str
+    data_dir: str
+    dataset_source_dir: str | None
+    results_dir: str
+    seeds: tuple[int, ...]
+    device: str
+    engine: str
+    threads_per_job: int
+    eval_chunk: int
+    trials: Mapping[str, TrialSettings]
+    sweep_base: str
+    sweep_epochs: int
+    sweep_points: Mapping[str, float]  # label -> p, in sweep order
+    sweep_overrides: Mapping[str, Any]
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], base_dir: str | Path = ".") -> Plan:
+        """Resolve ``config`` (already schema-checked); raise SettingsError on a bad value."""
+        base_dir = Path(base_dir)
+        device = str(config.get("device", "cpu"))
+        resolved = _with_dataset_overrides(config, base_dir)
+        common = dict(resolved.get("overrides") or {})
+        common["device"] = device
+        resolved["overrides"] = common
+        trials = trials_from_config(resolved, base_dir)
+
+        sweep = dict(config.get("sweep") or {})
+        base = sweep.get("base", "mnist_5layer_swni")
+        if base not in trials:
+            raise PipelineError(
+                f"sweep.base names unknown trial '{base}'; known: {', '.join(trials)}"
+            )
+        if trials[base].network_type == "MLFF":
+            raise PipelineError(
+                f"sweep.base '{base}' is an MLFF network, which has no rewiring probability to "
+                "sweep; choose an SW trial such as mnist_5layer_swni"
+            )
+        values = sweep_values(sweep)
+        labels = _sweep_labels(values)
+        seeds = tuple(int(s) for s in config.get("seeds", [0]))
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise PipelineError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+        plan = cls(
+            preset=str(config.get("preset", "demo")),
+            data_dir=str(config.get("data_dir", "resources/datasets")),
+            dataset_source_dir=config.get("dataset_source_dir") or None,
+            results_dir=str(config.get("results_dir", "results")),
+            seeds=seeds,
+            device=device,
+            engine=str(config.get("engine", "fast")),
+            threads_per_job=int(config.get("threads_per_job", 1)),
+            eval_chunk=int(config.get("eval_chunk", 50)),
+            trials=trials,
+            sweep_base=base,
+            sweep_epochs=int(sweep.get("epochs", trials[base].epochs)),
+            sweep_points=dict(zip(labels, values, strict=True)),
+            sweep_overrides=dict(sweep.get("overrides") or {}),
+        )
+        for seed in seeds:  # every job's settings must build; fail now, not mid-run
+            for name in trials:
+                plan.trial_settings(name, seed)
+            for label in labels:
+                plan.sweep_settings(label, seed)
+        return plan
+
+    # -- settings -----------------------------------------------------------------------
+
+    def trial_settings(self, trial: str, seed: int) -> TrialSettings:
+        if trial not in self.trials:
+            raise PipelineError(f"unknown trial '{trial}'; known: {', '.join(self.trials)}")
+        return with_seed(self.trials[trial], int(seed))
+
+    def sweep_settings(self, label: str, seed: int) -> TrialSettings:
+        """The base trial with bypass_p = p, the sweep's epochs and ``sweep.overrides``."""
+        if label not in self.sweep_points:
+            raise PipelineError(
+                f"p{label} is not a point of the configured sweep; points: "
+                + ", ".join(f"p{x}" for x in self.sweep_points)
+            )
+        base = self.trials[self.sweep_base]
+        overrides = {
+            **self.sweep_overrides,
+            "bypass_p": self.sweep_points[label],
+            "epochs": self.sweep_epochs,
+            "seed": int(seed),
+        }
+        return base.with_overrides(overrides)
+
+    def job_params(self, settings: TrialSettings) -> dict[str, Any]:
+        """Everything that determines a training job's numbers, as plain data for ``params``."""
+        return {
+            "name": settings.name,
+            "settings": {k: v for k, v in settings.to_dict().items() if k != "name"},
+            "engine": self.engine,
+            "eval_chunk": self.eval_chunk,
+            "preset": self.preset,
+        }
+
+    def trial_params(self, trial: str, seed: int) -> dict[str, Any]:
+        return self.job_params(self.trial_settings(trial, seed))
+
+    def sweep_params(self, label: str, seed: int) -> dict[str, Any]:
+        return self.job_params(self.sweep_settings(label, seed))
+
+    # -- names and paths ----------------------------------------------------------------
+
+    @property
+    def trial_names(self) -> list[str]:
+        return list(self.trials)
+
+    @property
+    def sweep_labels(self) -> list[str]:
+        return list(self.sweep_points)
+
+    def trial_folder(self, trial: str, seed: int) -> str:
+        return f"{self.results_dir}/trials/{trial}/seed{seed}"
+
+    def sweep_folder(self, label: str, seed: int) -> str:
+        return f"{self.results_dir}/sweep/p{label}/seed{seed}"
+
+    def trial_checkpoint(self, trial: str, seed: int) -> str:
+        return f"{self.results_dir}/checkpoints/trials/{trial}/seed{seed}.safetensors"
+
+    def sweep_checkpoint(self, label: str, seed: int) -> str:
+        return f"{self.results_dir}/checkpoints/sweep/p{label}/seed{seed}.safetensors"
+
+    def dataset_marker(self, dataset: str) -> str:
+        """The file the fetch rule writes last for a downloaded data set."""
+        return f"{self.data_dir}/{DOWNLOADED[dataset]}/raw/checksums.json"
+
+    def data_inputs(self, settings: TrialSettings) -> list[str]:
+        """The fetch rule's output a training job waits for; none for scikit-learn data."""
+        return [self.dataset_marker(settings.dataset)] if settings.dataset in DOWNLOADED else []
+
+    def data_root(self, settings: TrialSettings) -> str | None:
+        return self.data_dir if settings.dataset in DOWNLOADED else None
+
+    def trial_outputs(self, trial: str, seed: int) -> list[str]:
+        return [f"{self.trial_folder(trial, seed)}/{f}" for f in TRIAL_FILES]
+
+    def sweep_outputs(self, label: str, seed: int) -> list[str]:
+        return [f"{self.sweep_folder(label, seed)}/{f}" for f in TRIAL_FILES]
+
+    def all_trial_outputs(self) -> list[str]:
+        return [f for t in self.trials for s in self.seeds for f in self.trial_outputs(t, s)]
+
+    def all_sweep_outputs(self) -> list[str]:
+        return [f for p in self.sweep_points for s in self.seeds for f in self.sweep_outputs(p, s)]
+
+    # -- figures and table --------------------------------------------------------------
+
+    def _require(self, names: Sequence[str], what: str) -> None:
+        missing = [n for n in names if n not in self.trials]
+        if missing:
+            raise PipelineError(f"{what} needs trial(s) {', '.join(missing)}, absent from config")
+
+    def figure_groups(self, figure: str) -> dict[str, list[str]]:
+        """Label -> seed folders of the trials a figure draws (fig2, fig3, fig5)."""
+        names = FIGURE_TRIALS[figure]
+        self._require(names, figure)
+        return {n: [self.trial_folder(n, s) for s in self.seeds] for n in names}
+
+    def sweep_folders(self) -> list[str]:
+        return [self.sweep_folder(p, s) for p in self.sweep_points for s in self.seeds]
+
+    def figure_inputs(self, figure: str) -> list[str]:
+        if figure == "fig4":
+            return self.all_sweep_outputs()
+        return [
+            f for n in FIGURE_TRIALS[figure] for s in self.seeds for f in self.trial_outputs(n, s)
+        ]
+
+    def table_trials(self) -> list[str]:
+        from .table import load_published
+
+        order = list(load_published()["table1_order"])
+        self._require(order, "Table 1")
+        return order
+
+    def table_groups(self) -> dict[str, list[str]]:
+        return {n: [self.trial_folder(n, s) for s in self.seeds] for n in self.table_trials()}
+
+    def table_inputs(self) -> list[str]:
+        return [
+            f for n in self.table_trials() for s in self.seeds for f in self.trial_outputs(n, s)
+        ]
+
+    # -- resources ----------------------------------------------------------------------
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def gpu_resources(self) -> dict[str, int]:
+        """``gpu: 1`` (``sbatch --gpus=1`` under the Slurm plugin) when training on CUDA."""
+        return {"gpu": 1} if self.uses_gpu else {}
+
+    def trial_resources(self, trial: str, seed: int) -> dict[str, int]:
+        return estimate_resources(self.trial_settings(trial, seed), self.eval_chunk)
+
+    def sweep_resources(self, label: str, seed: int) -> dict[str, int]:
+        return estimate_resources(self.sweep_settings(label, seed), self.eval_chunk)
+
+
+def connections(settings: TrialSettings) -> int:
+    """Connections of the network (rewiring moves connections; it does not add any)."""
+    sizes = settings.layer_sizes
+    count = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    if settings.network_type == "SW_intra":
+        count += sum(h * (h - 1) // 2 for h in sizes[1:-1])
+    return count
+
+
+def examples(settings: TrialSettings) -> tuple[int, int]:
+    """Training and test examples per epoch, after any subset."""
+    n_train, n_test = settings.batch_counts()
+    return n_train * settings.batch_size, n_test * settings.batch_size
+
+
+def estimate_seconds(settings: TrialSettings, eval_chunk: int = 50) -> float:
+    """A generous single-thread CPU estimate of a trial's wall time."""
+    n_train, n_test = settings.batch_counts()
+    size, edges = settings.batch_size, connections(settings)
+
+    def settle(steps: int, rows: int) -> float:
+        return steps * (SECONDS_PER_STEP + edges * rows * SECONDS_PER_EDGE_EXAMPLE)
+
+    steps_train = settings.free_iterations + settings.weakly_clamped_iterations
+    train = n_train * settle(steps_train, size)
+    full, rest = divmod(n_test, max(1, eval_chunk))
+    evaluate = full * settle(settings.free_iterations, eval_chunk * size)
+    evaluate += settle(settings.free_iterations, rest * size) if rest else 0.0
+    return settings.epochs * (train + evaluate) + evaluate + JOB_OVERHEAD_S
+
+
+def estimate_mem_mb(settings: TrialSettings) -> int:
+    """Torch and Python, the data (MNIST loads a whole split first), weights and particles."""
+    n_train, n_test = examples(settings)
+    sizes = settings.layer_sizes
+    neurons = sum(sizes)
+    hidden = neurons - sizes[0]
+    data = (n_train + n_test) * (sizes[0] + sizes[-1]) * 4 * 2
+    if settings.dataset in DOWNLOADED:
+        data += 70000 * sizes[0] * (1 + 4)  # the full idx files, as uint8 and float32
+    weights = neurons * neurons * 4 * 8  # W, mask, running means, per-batch dW, engine copies
+    particles = (n_train + n_test) * hidden * 4 * 2
+    total = BASE_MEM_MB + 1.5 * (data + weights + particles) / 2**20
+    return int(math.ceil(total / 100.0) * 100)
+
+
+def estimate_resources(settings: TrialSettings, eval_chunk: int = 50) -> dict[str, int]:
+    """``mem_mb`` and ``runtime`` (minutes, Slurm's time limit) of one training job.
+
+    The runtime is a CPU estimate with a margin; on a GPU it is far too long, which only
+    costs queue priority. Override per rule with ``--set-resources train_trial:runtime=...``.
+    """
+    minutes = RUNTIME_MARGIN * estimate_seconds(settings, eval_chunk) / 60.0
+    return {
+        "mem_mb": estimate_mem_mb(settings),
+        "runtime": max(MIN_RUNTIME_MIN, int(math.ceil(minutes))),
+    }
+
+
+# -- entry points for scripts/ ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def logged(log_path: str | Path) -> Iterator[None]:
+    """Send logging, warnings and print output of the block to ``log_path``; log a failure."""
+    import logging
+    import traceback
+
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", buffering=1) as handle:
+        handler = logging.StreamHandler(handle)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        previous_level = root.level
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        logging.captureWarnings(True)
+        try:
+            with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+                yield
+        except BaseException:
+            handle.write(traceback.format_exc())
+            raise
+        finally:
+            logging.captureWarnings(False)
+            root.removeHandler(handler)
+            root.setLevel(previous_level)
+
+
+def train(
+    params: Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    data_root: str | None,
+    checkpoint: str | Path | None,
+    log_path: str | Path,
+    threads: int,
+) -> Any:
+    """Run one training job described by :meth:`Plan.job_params`; progress goes to ``log_path``."""
+    import warnings
+
+    from .trainer import run_trial
+
+    settings = trial_from_dict(params["name"], params["settings"])
+    with logged(log_path), warnings.catch_warnings():
+        # torch's notes on its beta sparse tensors, once per job, are noise in a job log
+        warnings.filterwarnings("ignore", message=".*[Ss]parse")
+        print(f"settings: {settings.to_dict()}")
+        return run_trial(
+            settings,
+            out_dir,
+            data_root,
+            engine=params.get("engine", "fast"),
+            checkpoint=checkpoint,
+            progress=False,
+            log=print,
+            preset=params.get("preset"),
+            threads=threads,
+            eval_chunk=int(params.get("eval_chunk", 50)),
+        )
+
+
+def draw_figure(
+    figure: str,
+    inputs: Mapping[str, Sequence[str]] | Sequence[str],
+    out: str | Path,
+    preset: str | None,
+) -> None:
+    """Draw fig2/fig3/fig5 from label -> seed folders, or fig4 from the sweep folders."""
+    from . import figures
+
+    if figure not in FIGURES:
+        raise ValueError(f"unknown figure {figure!r}; known: {', '.join(FIGURES)}")
+    if figure == "fig4":
+        inputs = [_SweepRecord.open(folder) for folder in inputs]
+    getattr(figures, figure)(inputs, out, preset=preset)
+
+
+class _SweepRecord(TrialRecord):
+    """A sweep folder whose undefined log-spread (null in summary.json) reads as NaN.
+
+    At p = 1 every connection between the last two layers is rewired away, so that pair has
+    no per-layer rate and the log-spread is undefined (NaN, stored as null); eqp.figures.fig4
+    averages the value with numpy, which needs NaN rather than None.
+    """
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        summary = super().summary
+        if summary.get("log_spread") is None:
+            summary["log_spread"] = float("nan")
+        return summary
+
+
+def write_table(
+    groups: Mapping[str, Sequence[str]],
+    csv_path: str | Path,
+    md_path: str | Path,
+    tex_path: str | Path,
+) -> None:
+    """Table 1 from trial -> seed folders, in CSV, Markdown and LaTeX."""
+    from .table import build_table1, write_table1
+
+    records = {name: [TrialRecord.open(f) for f in folders] for name, folders in groups.items()}
+    write_table1(build_table1(records), csv_path, md_path, tex_path)
+
+
+def schema_error_message(error: Any) -> str:
+    """One line for a jsonschema ValidationError: where in the config, and what is wrong."""
+    path = ""
+    for part in getattr(error, "absolute_path", []):
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    where = path or "top level"
+    return f"invalid config at {where}: {getattr(error, 'message', error)}"

@@ -1,0 +1,8 @@
+"""Snakemake script of table1: Table 1 from recorded folders (eqp.table)."""
+
+from eqp.pipeline import logged, write_table
+
+smk = snakemake  # noqa: F821  (injected by Snakemake's script directive)
+
+with logged(smk.log[0]):
+    write_table(smk.params.groups, smk.output.csv, smk.output.md, smk.output.tex)

@@ -1,0 +1,27 @@
+# The config resolved into jobs (eqp.pipeline.Plan) and helpers shared by the rule files.
+from pathlib import Path
+
+from eqp.settings import SettingsError
+
+# trials_file and other relative paths in a config are relative to the repository root.
+REPO_ROOT = Path(workflow.basedir).parent
+
+try:
+    PLAN = pipeline.Plan.from_config(config, base_dir=REPO_ROOT)
+except SettingsError as err:
+    raise WorkflowError(f"invalid config: {err}") from None
+
+RESULTS = PLAN.results_dir
+# Names of the files of a trial folder, by the key a rule's output uses for each.
+FOLDER_KEYS = {Path(name).stem: name for name in pipeline.TRIAL_FILES}
+
+
+def folder_outputs(folder):
+    """The six files of a trial folder as named outputs (summary.json is written last)."""
+    return {key: f"{folder}/{name}" for key, name in FOLDER_KEYS.items()}
+
+
+wildcard_constraints:
+    trial="|".join(PLAN.trial_names),
+    seed=r"\d+",
+    p=r"\d+\.\d{6}",

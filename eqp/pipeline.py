@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,9 +232,9 @@ class Plan:
             raise PipelineError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
         plan = cls(
             preset=str(config.get("preset", "demo")),
-            data_dir=str(config.get("data_dir", "resources/datasets")),
+            data_dir=os.path.normpath(str(config.get("data_dir", "resources/datasets"))),
             dataset_source_dir=config.get("dataset_source_dir") or None,
-            results_dir=str(config.get("results_dir", "results")),
+            results_dir=os.path.normpath(str(config.get("results_dir", "results"))),
             seeds=seeds,
             device=device,
             engine=str(config.get("engine", "fast")),

@@ -25,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, NullFormatter
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter
 
 from eqp.records import TrialRecord, atomic_write_bytes
 from eqp.table import error_scale
@@ -142,7 +142,7 @@ def fig2(
     """
     groups = {label: _as_seeds(item) for label, item in records.items()}
     all_records = [record for seeds in groups.values() for record in seeds]
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    fig = Figure(figsize=(7.6, 4.4), layout="constrained")
     ax = fig.add_subplot()
     units = set()
     for index, seeds in enumerate(groups.values()):
@@ -170,7 +170,14 @@ def fig2(
         Line2D([], [], color="0.2", ls="-", label="training"),
         Line2D([], [], color="0.2", ls="--", label="test"),
     ]
-    ax.legend(handles=network_handles + split_handles, fontsize=8, loc="upper right")
+    ax.legend(
+        handles=network_handles + split_handles,
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0.0,
+    )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(
         f"Fig. 2: MNIST error rate per epoch  [preset: {_preset_text(all_records, preset)}]",
         fontsize=10,
@@ -205,6 +212,7 @@ def fig3(
         ax.set_yscale("log")
         ax.set_title(display_label(label), fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     axes[0].set_ylabel("RMS correction (learning rate × per-layer rate)")
@@ -289,7 +297,7 @@ def fig4(
 
     train = mean_over_seeds(lambda r: r.summary["train_error"] * factor)
     test = mean_over_seeds(lambda r: r.summary["test_error"] * factor)
-    spread = mean_over_seeds(lambda r: r.summary["log_spread"])
+    spread = mean_over_seeds(lambda r: r.number("log_spread"))
     corrections = mean_over_seeds(_final_epoch_corrections)
 
     is_zero = ps == 0
@@ -361,7 +369,10 @@ def fig5(
     positive_values = np.concatenate([m[m > 0] for m in matrices.values()])
     if positive_values.size == 0:
         raise ValueError("fig5: every mean |dW| entry is zero; nothing to show on a log scale")
-    norm = LogNorm(vmin=positive_values.min(), vmax=positive_values.max())
+    # Connections from always-blank MNIST border pixels have |dW| near 1e-17; a percentile
+    # floor keeps them from washing out the contrast (they are drawn at the floor's colour).
+    floor = max(positive_values.min(), np.percentile(positive_values, 1.0))
+    norm = LogNorm(vmin=floor, vmax=positive_values.max(), clip=True)
     cmap = colormaps["viridis"].with_extremes(bad="white")
 
     fig = Figure(figsize=(4.6 * len(groups) + 1.4, 5.2), layout="constrained")

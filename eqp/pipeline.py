@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .records import TrialRecord
+from .records import FILES, TrialRecord
 from .settings import (
     DATASET_SHAPES,
     SettingsError,
@@ -40,14 +40,7 @@ from .settings import (
 
 # Data sets fetched into ``data_dir`` (torchvision layout); the others ship with scikit-learn.
 DOWNLOADED = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
-TRIAL_FILES = (
-    "metrics.csv",
-    "layer_rates.npz",
-    "mean_dw.npz",
-    "initial.npz",
-    "model.safetensors",
-    "summary.json",
-)
+TRIAL_FILES = FILES
 FIGURES = ("fig2", "fig3", "fig4", "fig5")
 # The named trials each figure draws (fig4 draws the sweep instead).
 FIGURE_TRIALS = {
@@ -526,25 +519,7 @@ def draw_figure(
 
     if figure not in FIGURES:
         raise ValueError(f"unknown figure {figure!r}; known: {', '.join(FIGURES)}")
-    if figure == "fig4":
-        inputs = [_SweepRecord.open(folder) for folder in inputs]
     getattr(figures, figure)(inputs, out, preset=preset)
-
-
-class _SweepRecord(TrialRecord):
-    """A sweep folder whose undefined log-spread (null in summary.json) reads as NaN.
-
-    At p = 1 every connection between the last two layers is rewired away, so that pair has
-    no per-layer rate and the log-spread is undefined (NaN, stored as null); eqp.figures.fig4
-    averages the value with numpy, which needs NaN rather than None.
-    """
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        summary = super().summary
-        if summary.get("log_spread") is None:
-            summary["log_spread"] = float("nan")
-        return summary
 
 
 def write_table(

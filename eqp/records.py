@@ -171,6 +171,12 @@ class TrialRecord:
         with open(self.folder / "summary.json") as handle:
             return json.load(handle)
 
+    def number(self, key: str) -> float:
+        """A numeric summary value; NaN where summary.json stores null (an undefined value,
+        e.g. the log-spread when rewiring emptied a layer pair)."""
+        value = self.summary.get(key)
+        return float("nan") if value is None else float(value)
+
     @property
     def metrics(self) -> dict[str, np.ndarray]:
         return read_metrics(self.folder)

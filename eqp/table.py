@@ -125,7 +125,8 @@ def _row(trial: str, records: Sequence[TrialRecord], published: Mapping[str, Any
         "paper_epochs_run": final.get("epochs_run"),
     }
     for quantity, scale in (("train_error", factor), ("test_error", factor), ("log_spread", 1.0)):
-        mean, sd = _mean_sd([float(s[quantity]) * scale for s in summaries])
+        values = [np.nan if s[quantity] is None else float(s[quantity]) for s in summaries]
+        mean, sd = _mean_sd([v * scale for v in values])
         paper = _scaled(final.get(quantity), scale)
         row[f"{quantity}_mean"] = mean
         row[f"{quantity}_sd"] = sd

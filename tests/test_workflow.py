@@ -320,12 +320,6 @@ def test_workflow_lint_has_only_the_documented_conda_lint() -> None:
 # -- end to end on config/tiny.yaml --------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def dataset_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One data folder for the session; the first run fills it through eqp.sources."""
-    return tmp_path_factory.mktemp("datasets")
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, dataset_cache: Path) -> dict[str, Any]:
     """A copy of the workflow that has run config/tiny.yaml to the end, once."""

@@ -213,49 +213,48 @@ class FastEngine:
         inputs = rho(x.to(self.net.weights.dtype))
         return self.eps * torch.addmm(hidden_bias, self.input_weights_t, inputs.T)
 
-    def free(self, x: torch.Tensor, state: torch.Tensor, steps: int) -> torch.Tensor:
-        drive = self._drive(x)
-        if self.layout == "dense":
-            s = state.clone()
-            return kernels.compiled("free_loop")(
-                drive.T.contiguous(), s, self.step_matrix, torch.empty_like(s), steps
-            )
-        s = state.T.contiguous()
-        s = kernels.compiled("blocked_free_loop")(
-            drive, s, torch.empty_like(s), *self._blocked_arguments(), steps
-        )
-        return s.T.contiguous()
-
-    def nudged(
-        self, x: torch.Tensor, state: torch.Tensor, y: torch.Tensor, beta: float, steps: int
+    def _settle(
+        self,
+        x: torch.Tensor,
+        state: torch.Tensor,
+        steps: int,
+        target: torch.Tensor | None,
+        pull: float,
     ) -> torch.Tensor:
         drive = self._drive(x)
-        pull = 2 * self.eps * beta
+        first_output = self.net.output_slice.start
         if self.layout == "dense":
             s = state.clone()
-            first_output = self.net.output_slice.start
-            return kernels.compiled("nudged_loop")(
+            return kernels.compiled("dense_loop")(
                 drive.T.contiguous(),
                 s,
                 self.step_matrix,
                 torch.empty_like(s),
-                y,
+                steps,
+                target,
                 pull,
                 first_output,
-                steps,
             )
         s = state.T.contiguous()
-        s = kernels.compiled("blocked_nudged_loop")(
+        s = kernels.compiled("blocked_loop")(
             drive,
             s,
             torch.empty_like(s),
             *self._blocked_arguments(),
-            y.T,
-            pull,
-            self.net.output_slice.start,
             steps,
+            None if target is None else target.T,
+            pull,
+            first_output,
         )
         return s.T.contiguous()
+
+    def free(self, x: torch.Tensor, state: torch.Tensor, steps: int) -> torch.Tensor:
+        return self._settle(x, state, steps, None, 0.0)
+
+    def nudged(
+        self, x: torch.Tensor, state: torch.Tensor, y: torch.Tensor, beta: float, steps: int
+    ) -> torch.Tensor:
+        return self._settle(x, state, steps, y, 2 * self.eps * beta)
 
     def _blocked_arguments(self) -> tuple:
         return (1 - self.eps, self._run_lists, self.run_values, self.sparse)

@@ -15,31 +15,26 @@ from typing import Optional
 import torch
 
 
-def free_loop(
-    drive: torch.Tensor, s: torch.Tensor, matrix: torch.Tensor, buffer: torch.Tensor, steps: int
-) -> torch.Tensor:
-    """``steps`` clamped Euler steps, rows as examples: s <- clamp(drive + s @ matrix)."""
-    for _ in range(steps):
-        torch.addmm(drive, s, matrix, out=buffer)
-        torch.clamp(buffer, 0.0, 1.0, out=s)
-    return s
-
-
-def nudged_loop(
+def dense_loop(
     drive: torch.Tensor,
     s: torch.Tensor,
     matrix: torch.Tensor,
     buffer: torch.Tensor,
-    target: torch.Tensor,
+    steps: int,
+    target: Optional[torch.Tensor],  # noqa: UP045 - TorchScript does not parse "X | None"
     pull: float,
     first_output: int,
-    steps: int,
 ) -> torch.Tensor:
-    """Weakly clamped steps: energy step, pull the outputs towards ``target``, then clamp."""
-    out = buffer[:, first_output:]
+    """Euler steps with rows as examples: s <- clamp(drive + s @ matrix).
+
+    With a ``target`` (the weakly clamped phase) the outputs are pulled towards it after
+    each energy step and before the clamp, as published.
+    """
     for _ in range(steps):
         torch.addmm(drive, s, matrix, out=buffer)
-        out.copy_(out + pull * (target - out))
+        if target is not None:
+            out = buffer[:, first_output:]
+            out.copy_(out + pull * (target - out))
         torch.clamp(buffer, 0.0, 1.0, out=s)
     return s
 
@@ -72,7 +67,7 @@ def blocked_step(
         buffer.addmm_(sparse, s)
 
 
-def blocked_free_loop(
+def blocked_loop(
     drive: torch.Tensor,
     s: torch.Tensor,
     buffer: torch.Tensor,
@@ -81,40 +76,21 @@ def blocked_free_loop(
     values: list[torch.Tensor],
     sparse: Optional[torch.Tensor],  # noqa: UP045
     steps: int,
-) -> torch.Tensor:
-    for _ in range(steps):
-        blocked_step(drive, s, buffer, keep, runs, values, sparse)
-        torch.clamp(buffer, 0.0, 1.0, out=s)
-    return s
-
-
-def blocked_nudged_loop(
-    drive: torch.Tensor,
-    s: torch.Tensor,
-    buffer: torch.Tensor,
-    keep: float,
-    runs: list[list[int]],
-    values: list[torch.Tensor],
-    sparse: Optional[torch.Tensor],  # noqa: UP045
-    target: torch.Tensor,
+    target: Optional[torch.Tensor],  # noqa: UP045
     pull: float,
     first_output: int,
-    steps: int,
 ) -> torch.Tensor:
-    out = buffer[first_output:]
+    """``dense_loop`` for transposed states and the blocked weight layout."""
     for _ in range(steps):
         blocked_step(drive, s, buffer, keep, runs, values, sparse)
-        out.copy_(out + pull * (target - out))
+        if target is not None:
+            out = buffer[first_output:]
+            out.copy_(out + pull * (target - out))
         torch.clamp(buffer, 0.0, 1.0, out=s)
     return s
 
 
-_LOOPS = {
-    "free_loop": free_loop,
-    "nudged_loop": nudged_loop,
-    "blocked_free_loop": blocked_free_loop,
-    "blocked_nudged_loop": blocked_nudged_loop,
-}
+_LOOPS = {"dense_loop": dense_loop, "blocked_loop": blocked_loop}
 _compiled: dict[str, Callable] = {}
 
 

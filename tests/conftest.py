@@ -25,12 +25,6 @@ def published():
 
 
 @pytest.fixture(scope="session")
-def dataset_cache(tmp_path_factory):
-    """One data folder for the session; the first pipeline run fills it through eqp.sources."""
-    return tmp_path_factory.mktemp("datasets")
-
-
-@pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
     """A real single-node Slurm cluster, started for the session and stopped by PID after.
 

@@ -35,12 +35,12 @@ CLUSTER_FLAGS = (
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_tiny_config_runs_every_training_job_through_sbatch(slurm, dataset_cache, tmp_path):
+def test_tiny_config_runs_every_training_job_through_sbatch(slurm, tmp_path):
     root = tmp_path / "work"
     for name in ("workflow", "scripts", "config"):
         shutil.copytree(REPO / name, root / name)
     config = load_yaml(REPO / "config" / "tiny.yaml")
-    config["data_dir"] = str(dataset_cache)
+    config["data_dir"] = str(tmp_path / "datasets")
     configfile = root / "config" / "cluster.yaml"
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     before = {record["JobId"] for record in slurm.job_records()}

@@ -321,9 +321,13 @@ def test_workflow_lint_has_only_the_documented_conda_lint() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, dataset_cache: Path) -> dict[str, Any]:
-    """A copy of the workflow that has run config/tiny.yaml to the end, once."""
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A copy of the workflow that has run config/tiny.yaml to the end, once.
+
+    Its data folder starts empty, so the run really fetches MNIST and Fashion-MNIST.
+    """
     root = tmp_path_factory.mktemp("tiny")
+    dataset_cache = tmp_path_factory.mktemp("datasets")
     for name in ("workflow", "scripts", "config"):
         shutil.copytree(REPO / name, root / name)
     config = load_yaml(REPO / "config" / "tiny.yaml")

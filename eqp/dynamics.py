@@ -88,6 +88,9 @@ _SPARSE_CALL_SECONDS = 25e-6
 _GEMM_FLOPS = 25e9
 _SPARSE_FLOPS = 5e9
 _DENSE_BLOCK_DENSITY = 0.25
+# Smaller populated blocks (e.g. 100 x 10 next to a 10-neuron output layer) cost more as a
+# GEMM call of their own than as a few thousand more entries of the CSR product.
+_DENSE_BLOCK_MIN_AREA = 2048
 
 
 class FastEngine:
@@ -135,7 +138,8 @@ class FastEngine:
         for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
             for j, (c, d) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
                 count = int(mask[a:b, c:d].sum())
-                if count and count >= _DENSE_BLOCK_DENSITY * (b - a) * (d - c):
+                area = (b - a) * (d - c)
+                if count >= _DENSE_BLOCK_DENSITY * area and area >= _DENSE_BLOCK_MIN_AREA:
                     dense_pairs.append((i, j))
                     covered[a:b, c:d] = True
         self.runs: list[tuple[int, int, int, int, int]] = []

@@ -25,7 +25,7 @@ from . import records
 from .data import DataSet, load_dataset
 from .dynamics import Minimiser, make_engine
 from .network import Network, rho
-from .settings import SettingsError, TrialSettings
+from .settings import TrialSettings
 from .topology import Topology, build_topology
 
 CHECKPOINT_FORMAT = 1
@@ -534,6 +534,3 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
-
-
-__all__ = ["Trainer", "run_trial", "log_spread", "DeviceError", "SettingsError"]

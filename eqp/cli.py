@@ -137,11 +137,22 @@ def _trials(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors caused by input a user can fix: printed as one line, without a traceback."""
+    from .data import DataError
+    from .records import RecordError
+    from .sources import DatasetError
+    from .trainer import DeviceError
+
+    return (SettingsError, DataError, DatasetError, DeviceError, RecordError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"train": _train, "bench": _bench, "trials": _trials}
+    user_errors = _user_errors()
     try:
         return handlers[args.command](args)
-    except (SettingsError, RuntimeError) as exc:
+    except user_errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

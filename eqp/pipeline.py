@@ -29,10 +29,8 @@ from typing import Any
 
 from .records import FILES, TrialRecord
 from .settings import (
-    DATASET_SHAPES,
     SettingsError,
     TrialSettings,
-    load_yaml,
     trial_from_dict,
     trials_from_config,
     with_seed,
@@ -138,43 +136,6 @@ def _sweep_labels(values: Sequence[float]) -> list[str]:
     return labels
 
 
-def _raw_trials(config: Mapping[str, Any], base_dir: Path) -> Mapping[str, Any]:
-    if config.get("trials") is not None and config.get("trials_file"):
-        raise PipelineError("the config gives both 'trials:' and 'trials_file:'; keep one of them")
-    raw = config.get("trials")
-    if raw is None and config.get("trials_file"):
-        path = Path(config["trials_file"])
-        raw = load_yaml(path if path.is_absolute() else base_dir / path).get("trials")
-    if not isinstance(raw, Mapping) or not raw:
-        raise PipelineError("the config names no trials: give 'trials:' or 'trials_file:'")
-    return raw
-
-
-def _with_dataset_overrides(config: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
-    """The config with ``dataset_overrides`` folded into ``trial_overrides`` (below them)."""
-    per_dataset = dict(config.get("dataset_overrides") or {})
-    unknown = sorted(set(per_dataset) - set(DATASET_SHAPES))
-    if unknown:
-        raise PipelineError(
-            f"dataset_overrides names unknown data set(s) {', '.join(unknown)}; "
-            f"known: {', '.join(DATASET_SHAPES)}"
-        )
-    raw = _raw_trials(config, base_dir)
-    per_trial = {name: dict(v or {}) for name, v in (config.get("trial_overrides") or {}).items()}
-    merged: dict[str, dict[str, Any]] = {}
-    for name, data in raw.items():
-        dataset = (data or {}).get("dataset")
-        layer = dict(per_dataset.get(dataset) or {})
-        layer.update(per_trial.pop(name, {}))
-        if layer:
-            merged[name] = layer
-    merged.update(per_trial)  # unknown names: trials_from_config reports them
-    resolved = {key: value for key, value in config.items() if key != "trials_file"}
-    resolved["trials"] = raw
-    resolved["trial_overrides"] = merged
-    return resolved
-
-
 @dataclass(frozen=True)
 class Plan:
     """Every job of one pipeline config, resolved and validated."""
@@ -201,11 +162,8 @@ class Plan:
         """Resolve ``config`` (already schema-checked); raise SettingsError on a bad value."""
         base_dir = Path(base_dir)
         device = str(config.get("device", "cpu"))
-        resolved = _with_dataset_overrides(config, base_dir)
-        common = dict(resolved.get("overrides") or {})
-        common["device"] = device
-        resolved["overrides"] = common
-        trials = trials_from_config(resolved, base_dir)
+        common = {**(config.get("overrides") or {}), "device": device}
+        trials = trials_from_config({**config, "overrides": common}, base_dir)
 
         sweep = dict(config.get("sweep") or {})
         base = sweep.get("base", "mnist_5layer_swni")

@@ -285,28 +285,43 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def trials_from_config(
     config: Mapping[str, Any], base_dir: str | Path = "."
 ) -> dict[str, TrialSettings]:
-    """All named trials of a config, with its ``overrides`` applied to each.
+    """All named trials of a config, with its override layers applied.
 
     A config holds its trials inline (``trials:``) or names a file that does
-    (``trials_file:``, relative to ``base_dir``); ``overrides`` then scales every trial
-    (the demo preset uses it for fewer epochs and data subsets) and
-    ``trial_overrides.<name>`` adjusts single trials.
+    (``trials_file:``, relative to ``base_dir``). Then, later layers winning: ``overrides``
+    scales every trial (the demo preset uses it for fewer epochs and data subsets),
+    ``dataset_overrides.<dataset>`` the trials of one data set, and
+    ``trial_overrides.<name>`` a single trial.
     """
+    if config.get("trials") is not None and config.get("trials_file"):
+        raise SettingsError("the config gives both 'trials:' and 'trials_file:'; keep one")
     raw = config.get("trials")
     if raw is None and config.get("trials_file"):
         raw = load_yaml(Path(base_dir) / config["trials_file"]).get("trials")
     if not isinstance(raw, Mapping) or not raw:
         raise SettingsError("the config names no trials: give 'trials:' or 'trials_file:'")
     common = dict(config.get("overrides") or {})
+    per_dataset = dict(config.get("dataset_overrides") or {})
     per_trial = dict(config.get("trial_overrides") or {})
-    unknown = sorted(set(per_trial) - set(raw))
-    if unknown:
-        raise SettingsError(
-            f"trial_overrides names unknown trial(s) {', '.join(unknown)}; known: {', '.join(raw)}"
-        )
+    for key, names, known in (
+        ("dataset_overrides", per_dataset, DATASETS),
+        ("trial_overrides", per_trial, tuple(raw)),
+    ):
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            what = "data set(s)" if key == "dataset_overrides" else "trial(s)"
+            raise SettingsError(
+                f"{key} names unknown {what} {', '.join(unknown)}; known: {', '.join(known)}"
+            )
     trials = {}
     for name, data in raw.items():
-        merged = {**(data or {}), **common, **(per_trial.get(name) or {})}
+        data = dict(data or {})
+        merged = {
+            **data,
+            **common,
+            **(per_dataset.get(data.get("dataset")) or {}),
+            **(per_trial.get(name) or {}),
+        }
         trials[name] = trial_from_dict(name, merged)
     return trials
 

@@ -23,6 +23,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -166,8 +167,9 @@ class TrialRecord:
             raise RecordError(f"{folder} holds no summary.json; it is not a finished trial folder")
         return cls(folder)
 
-    @property
+    @cached_property
     def summary(self) -> dict[str, Any]:
+        """summary.json, read once (a finished folder does not change)."""
         with open(self.folder / "summary.json") as handle:
             return json.load(handle)
 
@@ -181,15 +183,19 @@ class TrialRecord:
     def metrics(self) -> dict[str, np.ndarray]:
         return read_metrics(self.folder)
 
+    @cached_property
+    def _rates_file(self) -> dict[str, np.ndarray]:
+        return _load_npz(self.folder / "layer_rates.npz")
+
     @property
     def layer_rates(self) -> np.ndarray:
         """Raw per-layer rates, shape (epochs, batches per epoch, adjacent pairs)."""
-        return _load_npz(self.folder / "layer_rates.npz")["rates"]
+        return self._rates_file["rates"]
 
     @property
     def learning_rates(self) -> np.ndarray:
         """The learning rate applied to each adjacent pair, shape (pairs,)."""
-        return _load_npz(self.folder / "layer_rates.npz")["learning_rates"]
+        return self._rates_file["learning_rates"]
 
     @property
     def mean_dw(self) -> np.ndarray:

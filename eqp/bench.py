@@ -42,10 +42,14 @@ def _best_of(repeats: int, run: Callable[[], None]) -> float:
     return best
 
 
-def time_engine(settings: TrialSettings, engine: str, batches: int) -> EngineTiming:
+def time_engine(
+    settings: TrialSettings, engine: str, batches: int, layout: str = "auto"
+) -> EngineTiming:
     """Seconds per training batch (free, nudged, update) and per free-phase Euler step."""
     data = synthetic_dataset(settings, batches + 1, settings.device)
-    trainer = Trainer(settings, engine=engine, data=data)
+    trainer = Trainer(
+        settings, engine=engine, data=data, layout=layout if engine == "fast" else "auto"
+    )
     trainer.train_batch(0)
     start = time.perf_counter()
     for j in range(1, batches + 1):
@@ -93,13 +97,14 @@ def run_benchmark(
     batches: int,
     threads: int = 1,
     emit: Callable[[str], None] = print,
+    layout: str = "auto",
 ) -> list[EngineTiming]:
     torch.set_num_threads(threads)
     results = []
     for settings in trials:
         timings = {}
         for engine in engines:
-            timing = time_engine(settings, engine, batches)
+            timing = time_engine(settings, engine, batches, layout)
             timings[engine] = timing
             results.append(timing)
             emit(

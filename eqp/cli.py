@@ -19,6 +19,8 @@ from .settings import (
 )
 
 DEFAULT_CONFIG = "config/paper.yaml"
+# The fast engine's weight layouts (eqp.dynamics.LAYOUTS), spelt out so --help needs no torch.
+LAYOUTS = ("auto", "dense", "blocked", "fused")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--data-dir", default="resources/datasets", help="MNIST data root")
     train.add_argument("--engine", choices=("fast", "dense"), default="fast")
+    train.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help="fast engine's weight layout (default auto: fused kernel on CPUs where built)",
+    )
     train.add_argument("--checkpoint", help="checkpoint file: saved every epoch, resumed")
     train.add_argument(
         "--threads",
@@ -78,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=("dense", "fast"),
         help="engine (repeatable); default: both",
     )
+    bench.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help="fast engine's weight layout (default auto)",
+    )
     bench.add_argument("--batches", type=int, default=3, help="timed batches per engine")
     bench.add_argument("--config", default=DEFAULT_CONFIG, help="config holding the trials")
     bench.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -104,6 +118,7 @@ def _train(args: argparse.Namespace) -> int:
         args.out,
         args.data_dir,
         engine=args.engine,
+        layout=args.layout,
         checkpoint=args.checkpoint,
         progress=not args.no_progress,
         log=lambda line: print(line, file=sys.stderr),
@@ -124,7 +139,9 @@ def _bench(args: argparse.Namespace) -> int:
         chosen = [s.with_overrides({"device": args.device}) for s in chosen]
     if args.batches < 1:
         raise SettingsError(f"--batches = {args.batches} is invalid; use 1 or more")
-    run_benchmark(chosen, args.engine or ("dense", "fast"), args.batches, args.threads)
+    run_benchmark(
+        chosen, args.engine or ("dense", "fast"), args.batches, args.threads, layout=args.layout
+    )
     return 0
 
 
@@ -140,11 +157,12 @@ def _trials(args: argparse.Namespace) -> int:
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors caused by input a user can fix: printed as one line, without a traceback."""
     from .data import DataError
+    from .dynamics import LayoutError
     from .records import RecordError
     from .sources import DatasetError
     from .trainer import DeviceError
 
-    return (SettingsError, DataError, DatasetError, DeviceError, RecordError)
+    return (SettingsError, DataError, DatasetError, DeviceError, RecordError, LayoutError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,8 +21,12 @@ from typing import Protocol
 
 import torch
 
-from . import kernels
+from . import kernels, native
 from .network import Network, rho
+
+
+class LayoutError(ValueError):
+    """A weight layout was asked for that does not exist or cannot run here."""
 
 
 class Minimiser(Protocol):
@@ -93,33 +97,56 @@ _DENSE_BLOCK_DENSITY = 0.25
 _DENSE_BLOCK_MIN_AREA = 2048
 
 
+LAYOUTS = ("auto", "dense", "blocked", "fused")
+
+
 class FastEngine:
     """Hidden-only Euler steps with the input drive folded in.
 
-    Two layouts of ``eps W_hh``:
+    Three layouts of ``eps W_hh``:
 
     * ``dense``: one ``addmm`` with ``W' = eps W_hh + (1 - eps) I`` per step and a clamp, in a
       TorchScript loop (small nets, GPUs);
     * ``blocked``: one GEMM per populated layer-to-layer block (adjacent layers, dense intra
       layers) plus one sparse CSR product for the scattered layer-skipping connections, so
       the work per step is close to 2 x batch x non-zero weights. States are kept transposed
-      (neurons x batch) so that every layer's rows are contiguous.
+      (neurons x batch) so that every layer's rows are contiguous;
+    * ``fused``: the same blocks and CSR list in the compiled kernel of :mod:`eqp.native`,
+      which does a whole step per tile of rows in registers (CPU only; needs the built
+      extension).
 
-    ``auto`` picks the cheaper by a simple cost model; the mask never changes, so the choice
-    and the block plan are made once and ``refresh`` only copies new values in.
+    ``auto`` takes ``fused`` on a CPU where the kernel is built, else the cheaper of the
+    other two by a simple cost model. The mask never changes, so the choice and the block
+    plan are made once and ``refresh`` only copies new values in.
     """
 
     name = "fast"
 
     def __init__(self, network: Network, epsilon: float, layout: str = "auto") -> None:
-        if layout not in ("auto", "dense", "blocked"):
-            raise ValueError(f"unknown layout {layout!r}; use auto, dense or blocked")
+        if layout not in LAYOUTS:
+            raise LayoutError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
         self.net = network
         self.eps = epsilon
         self._plan_blocks()
+        on_cpu = network.weights.device.type == "cpu"
+        if layout == "fused":
+            reason = native.unavailable_reason()
+            if not on_cpu:
+                reason = f"the fused layout runs on the CPU only, not {network.weights.device}"
+            if reason is not None:
+                raise LayoutError(f"layout 'fused' is not available: {reason}")
         if layout == "auto":
-            layout = self._cheaper_layout()
+            fused_ok = on_cpu and network.weights.dtype == torch.float32
+            if fused_ok and native.unavailable_reason() is None:
+                layout = "fused"
+            else:
+                layout = self._cheaper_layout()
         self.layout = layout
+        self.fused = None
+        if layout == "fused":
+            bounds = [o - network.n_inputs for o in network.offsets[1:]]
+            mask = network.mask[network.n_inputs :, network.n_inputs :]
+            self.fused = native.FusedSteps(mask, bounds, self.fused_blocks)
         self.refresh()
 
     def _plan_blocks(self) -> None:
@@ -135,13 +162,17 @@ class FastEngine:
         sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         covered = torch.zeros_like(mask)
         dense_pairs = []
+        self.fused_blocks: list[tuple[int, int]] = []
         for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
             for j, (c, d) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
                 count = int(mask[a:b, c:d].sum())
                 area = (b - a) * (d - c)
-                if count >= _DENSE_BLOCK_DENSITY * area and area >= _DENSE_BLOCK_MIN_AREA:
-                    dense_pairs.append((i, j))
-                    covered[a:b, c:d] = True
+                if count >= _DENSE_BLOCK_DENSITY * area:
+                    # The fused kernel pays no per-call cost, so small blocks stay dense.
+                    self.fused_blocks.append((i, j))
+                    if area >= _DENSE_BLOCK_MIN_AREA:
+                        dense_pairs.append((i, j))
+                        covered[a:b, c:d] = True
         self.runs: list[tuple[int, int, int, int, int]] = []
         remaining = sorted(dense_pairs, key=lambda ij: (ij[0] - ij[1], ij[1]))
         while remaining:
@@ -181,6 +212,9 @@ class FastEngine:
         n_in = self.net.n_inputs
         w_hh = self.net.weights[n_in:, n_in:]
         self.input_weights_t = self.net.weights[n_in:, :n_in]
+        if self.fused is not None:
+            self.fused.refresh(self.eps * w_hh)
+            return
         if self.layout == "dense":
             step = self.eps * w_hh
             step.diagonal().add_(1 - self.eps)
@@ -227,6 +261,8 @@ class FastEngine:
     ) -> torch.Tensor:
         drive = self._drive(x)
         first_output = self.net.output_slice.start
+        if self.fused is not None:
+            return self.fused.settle(drive, state, 1 - self.eps, steps, target, pull, first_output)
         if self.layout == "dense":
             s = state.clone()
             return kernels.compiled("dense_loop")(
@@ -267,7 +303,12 @@ class FastEngine:
 ENGINES = {"dense": DenseReference, "fast": FastEngine}
 
 
-def make_engine(name: str, network: Network, epsilon: float, **options: str) -> Minimiser:
+def make_engine(name: str, network: Network, epsilon: float, layout: str = "auto") -> Minimiser:
+    """Engine ``name``; ``layout`` chooses the fast engine's weight layout (see FastEngine)."""
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
-    return ENGINES[name](network, epsilon, **options)
+    if name == "dense":
+        if layout != "auto":
+            raise LayoutError(f"layout {layout!r} applies to the fast engine only")
+        return DenseReference(network, epsilon)
+    return FastEngine(network, epsilon, layout)

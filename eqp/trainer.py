@@ -85,6 +85,7 @@ class Trainer:
         engine: str = "fast",
         eval_chunk: int = 50,
         data: DataSet | None = None,
+        layout: str = "auto",
     ) -> None:
         self.settings = settings
         self.device = resolve_device(settings.device)
@@ -95,7 +96,7 @@ class Trainer:
         self.data: DataSet = data
         self.topology: Topology = build_topology(settings, np.random.RandomState(settings.seed))
         self.net = Network.from_topology(self.topology, self.device)
-        self.engine: Minimiser = make_engine(engine, self.net, settings.epsilon)
+        self.engine: Minimiser = make_engine(engine, self.net, settings.epsilon, layout)
         self.eval_chunk = max(1, eval_chunk)
         hidden = self.net.n_neurons - self.net.n_inputs
         size = settings.batch_size
@@ -376,6 +377,7 @@ def run_trial(
     preset: str | None = None,
     threads: int | None = None,
     eval_chunk: int = 50,
+    layout: str = "auto",
 ) -> TrialOutcome:
     """Train ``settings`` for its epochs and write a complete trial folder to ``out_dir``.
 
@@ -385,11 +387,12 @@ def run_trial(
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
-    trainer = Trainer(settings, data_root, engine=engine, eval_chunk=eval_chunk)
+    trainer = Trainer(settings, data_root, engine=engine, eval_chunk=eval_chunk, layout=layout)
     log(
         f"trial {settings.name} seed {settings.seed}: {len(trainer.data.train)} training and "
         f"{len(trainer.data.test)} test batches of {settings.batch_size}; realised p = "
-        f"{trainer.topology.realised_p:.6g}; engine {engine} on {trainer.device}"
+        f"{trainer.topology.realised_p:.6g}; engine {engine} "
+        f"({getattr(trainer.engine, 'layout', 'full')} layout) on {trainer.device}"
     )
     checkpoint_path = Path(checkpoint) if checkpoint else None
     resumed = 0
@@ -517,6 +520,7 @@ def write_trial_folder(
         "layer_rate_means": [float(v) for v in rate_means],
         "batches_per_epoch": {"train": len(trainer.data.train), "test": len(trainer.data.test)},
         "engine": trainer.engine.name,
+        "engine_layout": getattr(trainer.engine, "layout", None),
         "device": str(trainer.device),
         "seconds": seconds,
         "versions": versions(),

@@ -24,6 +24,20 @@ def published():
         return json.load(handle)
 
 
+@pytest.fixture
+def native_kernel():
+    """The compiled fused kernel: skipped where it is not built, unless EQP_REQUIRE_NATIVE=1
+    (as in CI, whose install has a C compiler), where its absence is a failure."""
+    from eqp import native
+
+    reason = native.unavailable_reason()
+    if reason:
+        if os.environ.get("EQP_REQUIRE_NATIVE") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return native
+
+
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
     """A real single-node Slurm cluster, started for the session and stopped by PID after.

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from eqp import cli, native
 from eqp.data import synthetic_dataset
-from eqp.dynamics import DenseReference, FastEngine
+from eqp.dynamics import LAYOUTS, DenseReference, FastEngine, LayoutError, make_engine
 from eqp.network import Network
 from eqp.topology import build_topology
 from eqp.trainer import Trainer
@@ -29,25 +30,33 @@ def _batch(settings, net, seed=0):
     return x, state, y
 
 
+# (trial, changed settings, free steps compared). The MNIST SW_intra net amplifies rounding
+# differences between any two summation orders (measured ~x3 per 30 steps, for the TorchScript
+# dense layout too), so it is compared over fewer steps.
 CASES = [
-    ("wine_8layer_mlff", {}),
-    ("wine_8layer_swni", {}),
-    ("wine_8layer_swni", {"network_type": "SW_intra"}),
-    ("mnist_5layer_swni", {}),
-    ("mnist_3layer_mlff", {}),
+    ("wine_8layer_mlff", {}, 60),
+    ("wine_8layer_swni", {}, 60),
+    ("wine_8layer_swni", {"network_type": "SW_intra"}, 60),
+    ("wine_8layer_swni", {"batch_size": 33}, 60),  # the fused kernel's 24 + 16 column tiles
+    ("mnist_5layer_swni", {}, 60),
+    ("mnist_5layer_swni", {"batch_size": 13, "network_type": "SW_intra"}, 20),
+    ("mnist_3layer_mlff", {}, 60),
 ]
 
 
-@pytest.mark.parametrize(("name", "change"), CASES)
-@pytest.mark.parametrize("layout", ["dense", "blocked"])
-def test_fast_engine_matches_the_dense_reference(paper_trials, name, change, layout):
+@pytest.mark.parametrize(("name", "change", "steps"), CASES)
+@pytest.mark.parametrize("layout", ["dense", "blocked", "fused"])
+def test_fast_engine_matches_the_dense_reference(
+    paper_trials, name, change, steps, layout, request
+):
+    if layout == "fused":
+        request.getfixturevalue("native_kernel")
     settings = paper_trials[name].with_overrides(change)
     net = _network(settings)
     net.biases.uniform_(-0.1, 0.1, generator=torch.Generator().manual_seed(1))
     x, state, y = _batch(settings, net)
     reference = DenseReference(net, settings.epsilon)
     fast = FastEngine(net, settings.epsilon, layout)
-    steps = 60
     free_ref = reference.free(x, state, steps)
     free_fast = fast.free(x, state, steps)
     assert torch.allclose(free_fast, free_ref, atol=2e-5, rtol=0)
@@ -57,9 +66,43 @@ def test_fast_engine_matches_the_dense_reference(paper_trials, name, change, lay
         assert torch.allclose(nudged_fast, nudged_ref, atol=2e-5, rtol=0)
 
 
-def test_auto_layout_picks_blocks_for_mnist_and_dense_for_small_nets(paper_trials):
+def test_auto_layout_takes_the_fused_kernel_on_cpu(paper_trials, native_kernel):
+    for name in ("mnist_3layer_mlff", "wine_8layer_mlff"):
+        assert FastEngine(_network(paper_trials[name]), 0.5).layout == "fused"
+
+
+def test_without_the_kernel_auto_picks_blocks_for_mnist_and_dense_for_small_nets(
+    paper_trials, monkeypatch
+):
+    monkeypatch.setattr(native, "unavailable_reason", lambda: "not built (test)")
     assert FastEngine(_network(paper_trials["mnist_3layer_mlff"]), 0.5).layout == "blocked"
     assert FastEngine(_network(paper_trials["wine_8layer_mlff"]), 0.5).layout == "dense"
+    with pytest.raises(LayoutError, match="'fused' is not available: not built"):
+        FastEngine(_network(paper_trials["wine_8layer_mlff"]), 0.5, "fused")
+
+
+def test_unknown_layouts_and_layouts_of_the_dense_engine_are_refused(paper_trials):
+    net = _network(paper_trials["wine_5layer_swni"])
+    with pytest.raises(LayoutError, match="unknown layout 'sparse'"):
+        make_engine("fast", net, 0.5, "sparse")
+    with pytest.raises(LayoutError, match="fast engine only"):
+        make_engine("dense", net, 0.5, "blocked")
+    assert cli.LAYOUTS == LAYOUTS
+
+
+def test_fused_kernel_follows_weight_updates(paper_trials, native_kernel):
+    """After each update the packed blocks and CSR values are refreshed from W."""
+    settings = paper_trials["mnist_5layer_swni"].with_overrides({"free_iterations": 30})
+    data = synthetic_dataset(settings, 3)
+    trainers = {
+        layout: Trainer(settings, data=data, layout=layout) for layout in ("blocked", "fused")
+    }
+    for j in range(3):
+        for trainer in trainers.values():
+            trainer.train_batch(j)
+    blocked, fused = trainers["blocked"], trainers["fused"]
+    assert torch.allclose(blocked.net.weights, fused.net.weights, atol=1e-5, rtol=0)
+    assert torch.allclose(blocked.train_particles, fused.train_particles, atol=1e-4, rtol=0)
 
 
 def test_inputs_never_move_in_the_reference(paper_trials):

@@ -1,6 +1,8 @@
 """The default (faithful) mode reproduces the published per-epoch errors, seed 0.
 
 Classification errors are compared as exact counts; Diabetes mean costs within 1e-5 relative.
+Both CPU layouts of the fast engine are checked: the compiled fused kernel (the default where
+it is built) and the TorchScript dense layout (the fallback, and the GPU path).
 """
 
 from __future__ import annotations
@@ -10,10 +12,19 @@ import torch
 
 from eqp.trainer import Trainer, log_spread
 
+LAYOUTS = ["fused", "dense"]
 
-def _run(settings):
+
+@pytest.fixture(params=LAYOUTS)
+def layout(request):
+    if request.param == "fused":
+        request.getfixturevalue("native_kernel")
+    return request.param
+
+
+def _run(settings, layout):
     torch.set_num_threads(1)
-    trainer = Trainer(settings)
+    trainer = Trainer(settings, layout=layout)
     initial = trainer.evaluate().error
     train, test, rates = [], [], []
     for _ in range(settings.epochs):
@@ -26,10 +37,10 @@ def _run(settings):
     return initial, train, test, log_spread(np.stack(rates))
 
 
-def _check(name, paper_trials, published):
+def _check(name, paper_trials, published, layout):
     settings = paper_trials[name]
     reference = published["trials"][name]
-    initial, train, test, spread = _run(settings)
+    initial, train, test, spread = _run(settings, layout)
     expected = reference["per_epoch"]
     assert len(train) == len(expected["train_error"])
     if settings.classification:
@@ -53,15 +64,17 @@ def _check(name, paper_trials, published):
     assert spread == pytest.approx(reference["final"]["log_spread"], rel=5e-4)
 
 
-def test_wine_5layer_swni_reproduces_every_published_epoch(paper_trials, published):
-    _check("wine_5layer_swni", paper_trials, published)
+def test_wine_5layer_swni_reproduces_every_published_epoch(paper_trials, published, layout):
+    _check("wine_5layer_swni", paper_trials, published, layout)
 
 
 @pytest.mark.slow
-def test_diabetes_5layer_mlff_reproduces_every_published_epoch(paper_trials, published):
-    _check("diabetes_5layer_mlff", paper_trials, published)
+def test_diabetes_5layer_mlff_reproduces_every_published_epoch(
+    paper_trials, published, layout
+):
+    _check("diabetes_5layer_mlff", paper_trials, published, layout)
 
 
 @pytest.mark.slow
-def test_wine_8layer_mlff_reproduces_every_published_epoch(paper_trials, published):
-    _check("wine_8layer_mlff", paper_trials, published)
+def test_wine_8layer_mlff_reproduces_every_published_epoch(paper_trials, published, layout):
+    _check("wine_8layer_mlff", paper_trials, published, layout)

@@ -1,0 +1,203 @@
+"""The fused Euler kernel (``eqp/csrc/settle.c``), reached through ctypes.
+
+The kernel runs a whole phase of Euler steps in C: for each tile of destination rows it adds
+the input drive, the kept fraction of the state, every dense layer-to-layer block and the
+sparse skip connections in registers, nudges the outputs and clamps, so a step is one pass
+over the weights with no temporaries and no per-step dispatch. It is built at install time
+as the optional extension ``eqp._settle``; where it is missing (no C compiler, a stale
+build) :func:`unavailable_reason` says why and the fast engine uses its TorchScript loop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+
+import torch
+
+ABI = 1
+_VECTOR = 8  # floats per vector in the kernel; the batch is padded to a multiple of it
+
+
+class _Plan(ctypes.Structure):
+    _fields_ = [
+        ("hidden", ctypes.c_int32),
+        ("padded", ctypes.c_int32),
+        ("n_segments", ctypes.c_int32),
+        *[
+            (name, ctypes.c_void_p)
+            for name in (
+                "seg_row",
+                "seg_rows",
+                "seg_term",
+                "seg_terms",
+                "term_src",
+                "term_width",
+                "term_offset",
+                "weights",
+                "crow",
+                "ccol",
+                "cval",
+            )
+        ],
+    ]
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    spec = importlib.util.find_spec("eqp._settle")
+    if spec is None or spec.origin is None:
+        return None, (
+            "the compiled kernel eqp._settle is not built (no C compiler at install time?); "
+            "reinstall with `pip install -e .` where gcc or clang is available"
+        )
+    try:
+        lib = ctypes.CDLL(spec.origin)
+        version = lib.eqp_settle_abi()
+    except (OSError, AttributeError) as error:
+        return None, f"cannot load {spec.origin}: {error}"
+    if version != ABI:
+        return None, (
+            f"{spec.origin} is a stale build (ABI {version}, expected {ABI}); "
+            "rebuild it with `pip install -e .`"
+        )
+    lib.eqp_settle.restype = None
+    lib.eqp_settle.argtypes = [
+        ctypes.POINTER(_Plan),
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_float,
+        ctypes.c_void_p,
+        ctypes.c_float,
+        ctypes.c_int,
+    ]
+    return lib, None
+
+
+def unavailable_reason() -> str | None:
+    """None when the kernel can be used, otherwise why not (and how to fix it)."""
+    return _load()[1]
+
+
+def _int32(values: list[int]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int32)
+
+
+class FusedSteps:
+    """Euler phases of one network on the CPU, by the compiled kernel.
+
+    ``bounds`` are the layer boundaries of the hidden+output state and ``blocks`` the
+    (destination layer, source layer) pairs computed as dense blocks; every other non-zero
+    of ``mask`` goes to a CSR list. The mask is fixed, so the plan is built once and
+    :meth:`refresh` only copies in new weight values.
+    """
+
+    def __init__(
+        self, mask: torch.Tensor, bounds: list[int], blocks: list[tuple[int, int]]
+    ) -> None:
+        lib, reason = _load()
+        if lib is None:
+            raise RuntimeError(reason)
+        self._lib = lib
+        self.hidden = mask.shape[0]
+        covered = torch.zeros(mask.shape, dtype=torch.bool)
+        seg_row, seg_rows, seg_term, seg_terms = [], [], [], []
+        term_src, term_width, term_offset = [], [], []
+        self._slices: list[tuple[slice, slice]] = []
+        offset = 0
+        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            seg_row.append(a)
+            seg_rows.append(b - a)
+            seg_term.append(len(term_src))
+            for j, (c, d) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+                if (i, j) in blocks:
+                    term_src.append(c)
+                    term_width.append(d - c)
+                    term_offset.append(offset)
+                    offset += (b - a) * (d - c)
+                    covered[a:b, c:d] = True
+                    self._slices.append((slice(a, b), slice(c, d)))
+            seg_terms.append(len(term_src) - seg_term[-1])
+        rest = (mask != 0) & ~covered
+        rows, cols = rest.nonzero().T
+        self._rest = (rows, cols)
+        counts = torch.bincount(rows, minlength=self.hidden)
+        self._index = [
+            _int32(seg_row),
+            _int32(seg_rows),
+            _int32(seg_term),
+            _int32(seg_terms),
+            _int32(term_src),
+            _int32(term_width),
+            torch.tensor(term_offset, dtype=torch.int64),
+            torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int32),
+            cols.to(torch.int32).contiguous(),
+        ]
+        self.weights = torch.zeros(offset, dtype=torch.float32)
+        self.values = torch.zeros(len(rows), dtype=torch.float32)
+        self.nnz_sparse = len(rows)
+        self.n_segments = len(seg_row)
+
+    def refresh(self, scaled: torch.Tensor) -> None:
+        """Copy ``eps * W_hh`` (hidden x hidden, CPU float32) into the packed layout."""
+        parts = [scaled[rows, cols].reshape(-1) for rows, cols in self._slices]
+        if parts:
+            torch.cat(parts, out=self.weights)
+        rows, cols = self._rest
+        torch.index_select(scaled.reshape(-1), 0, rows * self.hidden + cols, out=self.values)
+
+    def _plan(self, padded: int) -> _Plan:
+        index = self._index
+        has_sparse = self.nnz_sparse > 0
+        return _Plan(
+            self.hidden,
+            padded,
+            self.n_segments,
+            *[t.data_ptr() for t in index[:7]],
+            self.weights.data_ptr(),
+            index[7].data_ptr() if has_sparse else None,
+            index[8].data_ptr() if has_sparse else None,
+            self.values.data_ptr() if has_sparse else None,
+        )
+
+    def settle(
+        self,
+        drive: torch.Tensor,
+        state: torch.Tensor,
+        keep: float,
+        steps: int,
+        target: torch.Tensor | None,
+        pull: float,
+        first_output: int,
+    ) -> torch.Tensor:
+        """``steps`` Euler steps from ``state`` (batch x hidden); returns the new state.
+
+        ``drive`` is transposed (hidden x batch): everything of a step that does not move.
+        """
+        batch = state.shape[0]
+        padded = -(-batch // _VECTOR) * _VECTOR
+        s = torch.zeros(self.hidden, padded, dtype=torch.float32)
+        s[:, :batch] = state.T
+        d = torch.zeros_like(s)
+        d[:, :batch] = drive
+        y = None
+        if target is not None:
+            y = torch.zeros(target.shape[1], padded, dtype=torch.float32)
+            y[:, :batch] = target.T
+        plan = self._plan(padded)
+        scratch = torch.empty_like(s)
+        self._lib.eqp_settle(
+            ctypes.byref(plan),
+            steps,
+            s.data_ptr(),
+            scratch.data_ptr(),
+            d.data_ptr(),
+            keep,
+            None if y is None else y.data_ptr(),
+            pull,
+            first_output,
+        )
+        return s[:, :batch].T.contiguous()

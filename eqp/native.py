@@ -16,14 +16,16 @@ import importlib.util
 
 import torch
 
-ABI = 1
-_VECTOR = 8  # floats per vector in the kernel; the batch is padded to a multiple of it
+ABI = 2
+_VECTOR = 8  # floats per vector in the kernel
+_STRIP = 24  # widest strip of batch columns the kernel keeps in registers (three vectors)
 
 
 class _Plan(ctypes.Structure):
     _fields_ = [
         ("hidden", ctypes.c_int32),
-        ("padded", ctypes.c_int32),
+        ("width", ctypes.c_int32),
+        ("strips", ctypes.c_int32),
         ("n_segments", ctypes.c_int32),
         *[
             (name, ctypes.c_void_p)
@@ -149,12 +151,13 @@ class FusedSteps:
         rows, cols = self._rest
         torch.index_select(scaled.reshape(-1), 0, rows * self.hidden + cols, out=self.values)
 
-    def _plan(self, padded: int) -> _Plan:
+    def _plan(self, width: int, strips: int) -> _Plan:
         index = self._index
         has_sparse = self.nnz_sparse > 0
         return _Plan(
             self.hidden,
-            padded,
+            width,
+            strips,
             self.n_segments,
             *[t.data_ptr() for t in index[:7]],
             self.weights.data_ptr(),
@@ -178,16 +181,12 @@ class FusedSteps:
         ``drive`` is transposed (hidden x batch): everything of a step that does not move.
         """
         batch = state.shape[0]
-        padded = -(-batch // _VECTOR) * _VECTOR
-        s = torch.zeros(self.hidden, padded, dtype=torch.float32)
-        s[:, :batch] = state.T
-        d = torch.zeros_like(s)
-        d[:, :batch] = drive
-        y = None
-        if target is not None:
-            y = torch.zeros(target.shape[1], padded, dtype=torch.float32)
-            y[:, :batch] = target.T
-        plan = self._plan(padded)
+        width = min(_STRIP, -(-batch // _VECTOR) * _VECTOR)
+        strips = -(-batch // width)
+        s = _to_strips(state.T, width, strips)
+        d = _to_strips(drive, width, strips)
+        y = None if target is None else _to_strips(target.T, width, strips)
+        plan = self._plan(width, strips)
         scratch = torch.empty_like(s)
         self._lib.eqp_settle(
             ctypes.byref(plan),
@@ -200,4 +199,12 @@ class FusedSteps:
             pull,
             first_output,
         )
-        return s[:, :batch].T.contiguous()
+        return s.permute(1, 0, 2).reshape(self.hidden, -1)[:, :batch].T.contiguous()
+
+
+def _to_strips(columns: torch.Tensor, width: int, strips: int) -> torch.Tensor:
+    """(rows x batch) as (strips x rows x width), zero-padded: the kernel's state layout."""
+    rows, batch = columns.shape
+    padded = torch.zeros(rows, strips * width, dtype=torch.float32)
+    padded[:, :batch] = columns
+    return padded.view(rows, strips, width).permute(1, 0, 2).contiguous()

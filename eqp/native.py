@@ -54,14 +54,19 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
             "the compiled kernel eqp._settle is not built (no C compiler at install time?); "
             "reinstall with `pip install -e .` where gcc or clang is available"
         )
+    return load_library(spec.origin)
+
+
+def load_library(path: str) -> tuple[ctypes.CDLL | None, str | None]:
+    """The kernel in the shared library at ``path``, or None and why it cannot be used."""
     try:
-        lib = ctypes.CDLL(spec.origin)
+        lib = ctypes.CDLL(path)
         version = lib.eqp_settle_abi()
     except (OSError, AttributeError) as error:
-        return None, f"cannot load {spec.origin}: {error}"
+        return None, f"cannot load {path}: {error}"
     if version != ABI:
         return None, (
-            f"{spec.origin} is a stale build (ABI {version}, expected {ABI}); "
+            f"{path} is a stale build (ABI {version}, expected {ABI}); "
             "rebuild it with `pip install -e .`"
         )
     lib.eqp_settle.restype = None
@@ -98,9 +103,13 @@ class FusedSteps:
     """
 
     def __init__(
-        self, mask: torch.Tensor, bounds: list[int], blocks: list[tuple[int, int]]
+        self,
+        mask: torch.Tensor,
+        bounds: list[int],
+        blocks: list[tuple[int, int]],
+        library: ctypes.CDLL | None = None,
     ) -> None:
-        lib, reason = _load()
+        lib, reason = (library, None) if library is not None else _load()
         if lib is None:
             raise RuntimeError(reason)
         self._lib = lib

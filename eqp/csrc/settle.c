@@ -11,7 +11,8 @@
  * no temporaries. States are stored in strips of 8, 16 or 24 batch columns (one to three
  * AVX vectors): strip c is a contiguous (hidden x width) array, so a strip stays in cache
  * while every row tile reads it, however large the batch. Padded columns carry zeros and
- * stay zero. Built for AVX2+FMA with a portable default clone, chosen at load time.
+ * stay zero. Built for AVX2+FMA with a portable default clone, chosen at load time
+ * (-DEQP_PORTABLE_ONLY builds the portable code alone; the tests check it that way).
  *
  * Python reaches it through ctypes (eqp/native.py); the module init at the end only makes the
  * file a valid extension module for setuptools and for locating it.
@@ -135,7 +136,8 @@ static inline __attribute__((always_inline)) void step(
  * shape) as scratch; the result is left in s. target (strips x outputs x width) is NULL in
  * the free phase. Strips are independent, so each runs all its steps while it is in cache.
  */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__) \
+    && !defined(EQP_PORTABLE_ONLY)
 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
 void eqp_settle(const struct eqp_plan *p, int steps, float *s, float *buf, const float *drive,

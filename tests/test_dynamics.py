@@ -151,6 +151,7 @@ def test_training_batches_agree_between_engines(paper_trials):
     )
 
 
+@pytest.mark.slow
 def test_portable_build_of_the_kernel_matches_the_reference(paper_trials, tmp_path):
     """The default (non-AVX2) clone, which other CPUs run, computes the same steps."""
     compiler = shutil.which("cc") or shutil.which("gcc")

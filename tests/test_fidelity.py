@@ -12,7 +12,8 @@ import torch
 
 from eqp.trainer import Trainer, log_spread
 
-LAYOUTS = ["fused", "dense"]
+# The fallback layout's runs are marked slow: the quick suite checks the default path.
+LAYOUTS = ["fused", pytest.param("dense", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(params=LAYOUTS)

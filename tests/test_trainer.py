@@ -122,6 +122,7 @@ def _train_command(out: Path, checkpoint: Path, epochs: int) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_outputs(tmp_path):
     epochs = 6
     reference = tmp_path / "reference"
@@ -201,31 +202,39 @@ def test_cli_help_documents_every_command():
         assert sub.returncode == 0 and "usage" in sub.stdout
 
 
-def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
+def _bad_input_cases(tmp_path: Path) -> list[tuple[tuple[str, ...], str]]:
     paper = str(ROOT / "config" / "paper.yaml")
-    cases = [
-        (("train", paper, "--trial", "nope", "--out", str(tmp_path)), "unknown trial 'nope'"),
-        (
-            (
-                "train",
-                paper,
-                "--trial",
-                "wine_5layer_swni",
-                "--out",
-                str(tmp_path),
-                "--set",
-                "bypass_p=2",
-            ),
-            "bypass_p = 2 is invalid",
-        ),
+    out = str(tmp_path)
+    wine = ("train", paper, "--trial", "wine_5layer_swni", "--out", out)
+    return [
+        (("train", paper, "--trial", "nope", "--out", out), "unknown trial 'nope'"),
+        ((*wine, "--set", "bypass_p=2"), "bypass_p = 2 is invalid"),
         (("train", str(tmp_path / "missing.yaml"), "--trial", "x", "--out", "o"), "does not exist"),
         (("bench", "--trial", "nope"), "unknown trial 'nope'"),
+        ((*wine, "--engine", "dense", "--layout", "fused"), "applies to the fast engine only"),
+        ((*wine, "--layout", "fused"), "layout 'fused' is not available: not built (test)"),
     ]
-    for args, message in cases:
-        result = _cli(*args)
-        assert result.returncode == 2
-        assert message in result.stderr
-        assert "Traceback" not in result.stderr
+
+
+def test_cli_bad_input_is_one_line_without_traceback(tmp_path, capsys, monkeypatch):
+    """In process for speed; the subprocess test below checks the same from the shell."""
+    from eqp import cli, native
+
+    monkeypatch.setattr(native, "unavailable_reason", lambda: "not built (test)")
+    for args, message in _bad_input_cases(tmp_path):
+        assert cli.main(list(args)) == 2
+        err = capsys.readouterr().err
+        assert message in err
+        assert len(err.strip().splitlines()) == 1, err
+        assert "Traceback" not in err
+
+
+def test_cli_bad_input_from_the_shell_exits_2_with_one_line(tmp_path):
+    args, message = _bad_input_cases(tmp_path)[1]
+    result = _cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_cli_bench_prints_seconds_per_batch_for_each_engine():

@@ -257,11 +257,14 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------
 
     def fingerprint(self) -> str:
-        """Identifies what a checkpoint may resume: settings, engine and evaluation layout."""
+        """Identifies what a checkpoint may resume: settings, engine, weight layout and
+        evaluation chunking (each changes the last bits, so a resumed run would not equal an
+        uninterrupted one)."""
         blob = json.dumps(
             {
                 "settings": self.settings.to_dict(),
                 "engine": self.engine.name,
+                "layout": getattr(self.engine, "layout", "full"),
                 "eval_chunk": self.eval_chunk,
                 "format": CHECKPOINT_FORMAT,
             },

@@ -175,6 +175,7 @@ def test_checkpoint_of_other_settings_is_not_resumed(paper_trials, tmp_path):
     first.save_checkpoint(checkpoint)
     assert Trainer(_small(paper_trials)).load_checkpoint(checkpoint)
     assert not Trainer(_small(paper_trials, learning_rate=0.02)).load_checkpoint(checkpoint)
+    assert not Trainer(_small(paper_trials), layout="blocked").load_checkpoint(checkpoint)
     checkpoint.write_bytes(b"truncated")
     assert not Trainer(_small(paper_trials)).load_checkpoint(checkpoint)
 

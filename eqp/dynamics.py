@@ -144,9 +144,8 @@ class FastEngine:
         self.layout = layout
         self.fused = None
         if layout == "fused":
-            bounds = [o - network.n_inputs for o in network.offsets[1:]]
             mask = network.mask[network.n_inputs :, network.n_inputs :]
-            self.fused = native.FusedSteps(mask, bounds, self.fused_blocks)
+            self.fused = native.FusedSteps(mask, self._bounds, self.fused_blocks)
         self.refresh()
 
     def _plan_blocks(self) -> None:
@@ -159,6 +158,7 @@ class FastEngine:
         n_in = self.net.n_inputs
         mask = self.net.mask[n_in:, n_in:] != 0
         bounds = [o - n_in for o in self.net.offsets[1:]]
+        self._bounds = bounds
         sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         covered = torch.zeros_like(mask)
         dense_pairs = []
@@ -191,10 +191,7 @@ class FastEngine:
         self.hidden = mask.shape[0]
         self._sparse_index = None
         if bool(rest.any()):
-            rows, cols = rest.nonzero().T
-            counts = torch.bincount(rows, minlength=self.hidden)
-            crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-            self._sparse_index = (rows, cols, crow)
+            self._sparse_index = native.csr_index(rest)
 
     def _cheaper_layout(self) -> str:
         if self.net.weights.device.type != "cpu":

@@ -89,6 +89,13 @@ def unavailable_reason() -> str | None:
     return _load()[1]
 
 
+def csr_index(entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows, columns and row pointers of the true entries of a boolean matrix, row-major."""
+    rows, cols = entries.nonzero().T
+    counts = torch.bincount(rows, minlength=entries.shape[0])
+    return rows, cols, torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
 def _int32(values: list[int]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int32)
 
@@ -132,10 +139,8 @@ class FusedSteps:
                     covered[a:b, c:d] = True
                     self._slices.append((slice(a, b), slice(c, d)))
             seg_terms.append(len(term_src) - seg_term[-1])
-        rest = (mask != 0) & ~covered
-        rows, cols = rest.nonzero().T
+        rows, cols, crow = csr_index((mask != 0) & ~covered)
         self._rest = (rows, cols)
-        counts = torch.bincount(rows, minlength=self.hidden)
         self._index = [
             _int32(seg_row),
             _int32(seg_rows),
@@ -144,7 +149,7 @@ class FusedSteps:
             _int32(term_src),
             _int32(term_width),
             torch.tensor(term_offset, dtype=torch.int64),
-            torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int32),
+            crow.to(torch.int32),
             cols.to(torch.int32).contiguous(),
         ]
         self.weights = torch.zeros(offset, dtype=torch.float32)

@@ -10,8 +10,8 @@ Two interchangeable engines compute the same thing:
   ``rho(s) = s`` and the Euler step ``s + eps (rho(s) W + b - rho(s))`` is a few GEMMs and a
   clamp (see the class for the two weight layouts).
 
-Engines implement the small ``Minimiser`` protocol, so a converged free-phase solver can
-replace the Euler loop without touching training.
+Engines implement the small ``Minimiser`` protocol, so the converged free-phase solver of
+:mod:`eqp.converged` replaces the Euler loop without touching training.
 """
 
 from __future__ import annotations
@@ -30,9 +30,16 @@ class LayoutError(ValueError):
 
 
 class Minimiser(Protocol):
-    """Settles a batch; states are hidden+output neurons only (B x (N - inputs))."""
+    """Settles a batch; states are hidden+output neurons only (B x (N - inputs)).
+
+    ``last_work`` holds, after each free phase, the passes (Euler steps or sweeps) each
+    example cost, and ``last_capped`` which examples stopped at the cap unconverged; the Euler
+    engines cost every example the same fixed steps and never converge early.
+    """
 
     name: str
+    last_work: torch.Tensor | None
+    last_capped: torch.Tensor | None
 
     def refresh(self) -> None:
         """The network's parameters changed: rebuild any derived layout."""
@@ -46,6 +53,12 @@ class Minimiser(Protocol):
         """Weakly clamped phase towards targets ``y`` with signed ``beta``."""
 
 
+def fixed_work(state: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Work of a fixed-step phase: ``steps`` for every example, none stopped at a cap."""
+    batch = state.shape[0]
+    return torch.full((batch,), steps, dtype=torch.int32), torch.zeros(batch, dtype=torch.bool)
+
+
 class DenseReference:
     """The spec's section 4, literally: full state, full matrix, every step."""
 
@@ -55,6 +68,7 @@ class DenseReference:
         self.net = network
         self.eps = epsilon
         self.layout = "full"
+        self.last_work = self.last_capped = None
 
     def refresh(self) -> None:
         return None
@@ -72,6 +86,7 @@ class DenseReference:
         s = self._full(x, state)
         for _ in range(steps):
             s = rho(self._energy_step(s))
+        self.last_work, self.last_capped = fixed_work(state, steps)
         return s[:, self.net.n_inputs :].contiguous()
 
     def nudged(
@@ -100,6 +115,7 @@ _DENSE_BLOCK_MIN_AREA = 2048
 LAYOUTS = ("auto", "dense", "blocked", "fused")
 
 
+
 class FastEngine:
     """Hidden-only Euler steps with the input drive folded in.
 
@@ -117,16 +133,20 @@ class FastEngine:
 
     ``auto`` takes ``fused`` on a CPU where the kernel is built, else the cheaper of the
     other two by a simple cost model. The mask never changes, so the choice and the block
-    plan are made once and ``refresh`` only copies new values in.
+    plan are made once and ``refresh`` only copies new values in. ``threads`` is how many
+    cores the fused kernel may use (the other layouts follow torch's thread setting).
     """
 
     name = "fast"
 
-    def __init__(self, network: Network, epsilon: float, layout: str = "auto") -> None:
+    def __init__(
+        self, network: Network, epsilon: float, layout: str = "auto", threads: int = 1
+    ) -> None:
         if layout not in LAYOUTS:
             raise LayoutError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
         self.net = network
         self.eps = epsilon
+        self.last_work = self.last_capped = None
         self._plan_blocks()
         on_cpu = network.weights.device.type == "cpu"
         if layout == "fused":
@@ -145,7 +165,7 @@ class FastEngine:
         self.fused = None
         if layout == "fused":
             mask = network.mask[network.n_inputs :, network.n_inputs :]
-            self.fused = native.FusedSteps(mask, self._bounds, self.fused_blocks)
+            self.fused = native.FusedSteps(mask, self._bounds, self.fused_blocks, threads=threads)
         self.refresh()
 
     def _plan_blocks(self) -> None:
@@ -242,7 +262,12 @@ class FastEngine:
                     check_invariants=False,
                 )
 
-    def _drive(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def bounds(self) -> list[int]:
+        """Layer boundaries within the hidden+output state (0, ..., hidden)."""
+        return list(self._bounds)
+
+    def drive(self, x: torch.Tensor) -> torch.Tensor:
         """eps * (W_hx rho(x) + b_h), transposed: everything a step needs that does not move."""
         hidden_bias = self.net.biases[self.net.n_inputs :, None]
         inputs = rho(x.to(self.net.weights.dtype))
@@ -256,7 +281,7 @@ class FastEngine:
         target: torch.Tensor | None,
         pull: float,
     ) -> torch.Tensor:
-        drive = self._drive(x)
+        drive = self.drive(x)
         first_output = self.net.output_slice.start
         if self.fused is not None:
             return self.fused.settle(drive, state, 1 - self.eps, steps, target, pull, first_output)
@@ -286,6 +311,7 @@ class FastEngine:
         return s.T.contiguous()
 
     def free(self, x: torch.Tensor, state: torch.Tensor, steps: int) -> torch.Tensor:
+        self.last_work, self.last_capped = fixed_work(state, steps)
         return self._settle(x, state, steps, None, 0.0)
 
     def nudged(
@@ -300,7 +326,9 @@ class FastEngine:
 ENGINES = {"dense": DenseReference, "fast": FastEngine}
 
 
-def make_engine(name: str, network: Network, epsilon: float, layout: str = "auto") -> Minimiser:
+def make_engine(
+    name: str, network: Network, epsilon: float, layout: str = "auto", threads: int = 1
+) -> Minimiser:
     """Engine ``name``; ``layout`` chooses the fast engine's weight layout (see FastEngine)."""
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
@@ -308,4 +336,4 @@ def make_engine(name: str, network: Network, epsilon: float, layout: str = "auto
         if layout != "auto":
             raise LayoutError(f"layout {layout!r} applies to the fast engine only")
         return DenseReference(network, epsilon)
-    return FastEngine(network, epsilon, layout)
+    return FastEngine(network, epsilon, layout, threads)

@@ -1,11 +1,14 @@
-"""The fused Euler kernel (``eqp/csrc/settle.c``), reached through ctypes.
+"""The fused settling kernels (``eqp/csrc/settle.c``), reached through ctypes.
 
-The kernel runs a whole phase of Euler steps in C: for each tile of destination rows it adds
-the input drive, the kept fraction of the state, every dense layer-to-layer block and the
-sparse skip connections in registers, nudges the outputs and clamps, so a step is one pass
-over the weights with no temporaries and no per-step dispatch. It is built at install time
-as the optional extension ``eqp._settle``; where it is missing (no C compiler, a stale
-build) :func:`unavailable_reason` says why and the fast engine uses its TorchScript loop.
+``eqp_settle`` runs a whole phase of Euler steps in C: for each tile of destination rows it
+adds the input drive, the kept fraction of the state, every dense layer-to-layer block and
+the sparse skip connections in registers, nudges the outputs and clamps, so a step is one
+pass over the weights with no temporaries and no per-step dispatch. ``eqp_converge`` runs the
+converged free phase (projected layer-wise SOR, see :mod:`eqp.converged`) on the same packed
+weights. Both use several cores where built with OpenMP, with results bitwise independent of
+the thread count. The kernels are built at install time as the optional extension
+``eqp._settle``; where it is missing (no C compiler, a stale build) :func:`unavailable_reason`
+says why and the fast engine uses its TorchScript loop.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import importlib.util
 
 import torch
 
-ABI = 2
+ABI = 3
 _VECTOR = 8  # floats per vector in the kernel
 _STRIP = 24  # widest strip of batch columns the kernel keeps in registers (three vectors)
 
@@ -46,6 +49,19 @@ class _Plan(ctypes.Structure):
     ]
 
 
+class _ConvergeArgs(ctypes.Structure):
+    _fields_ = [
+        ("keep", ctypes.c_float),
+        ("inv_eps", ctypes.c_float),
+        ("omega", ctypes.c_float),
+        ("tol", ctypes.c_float),
+        ("warm_tol", ctypes.c_float),
+        ("cold_tol", ctypes.c_float),
+        ("max_work", ctypes.c_int32),
+        ("batch", ctypes.c_int32),
+    ]
+
+
 @functools.cache
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
     spec = importlib.util.find_spec("eqp._settle")
@@ -69,7 +85,7 @@ def load_library(path: str) -> tuple[ctypes.CDLL | None, str | None]:
             f"{path} is a stale build (ABI {version}, expected {ABI}); "
             "rebuild it with `pip install -e .`"
         )
-    lib.eqp_settle.restype = None
+    lib.eqp_settle.restype = ctypes.c_int
     lib.eqp_settle.argtypes = [
         ctypes.POINTER(_Plan),
         ctypes.c_int,
@@ -80,13 +96,28 @@ def load_library(path: str) -> tuple[ctypes.CDLL | None, str | None]:
         ctypes.c_void_p,
         ctypes.c_float,
         ctypes.c_int,
+        ctypes.c_int,
     ]
+    lib.eqp_converge.restype = ctypes.c_int
+    lib.eqp_converge.argtypes = [
+        ctypes.POINTER(_Plan),
+        ctypes.POINTER(_ConvergeArgs),
+        *[ctypes.c_void_p] * 5,
+        ctypes.c_int,
+    ]
+    lib.eqp_settle_openmp.restype = ctypes.c_int
     return lib, None
 
 
 def unavailable_reason() -> str | None:
     """None when the kernel can be used, otherwise why not (and how to fix it)."""
     return _load()[1]
+
+
+def multithreaded() -> bool:
+    """Whether the built kernel can use several cores (it was compiled with OpenMP)."""
+    lib = _load()[0]
+    return lib is not None and bool(lib.eqp_settle_openmp())
 
 
 def csr_index(entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -106,7 +137,8 @@ class FusedSteps:
     ``bounds`` are the layer boundaries of the hidden+output state and ``blocks`` the
     (destination layer, source layer) pairs computed as dense blocks; every other non-zero
     of ``mask`` goes to a CSR list. The mask is fixed, so the plan is built once and
-    :meth:`refresh` only copies in new weight values.
+    :meth:`refresh` only copies in new weight values. ``threads`` is how many cores a call may
+    use (the kernel uses fewer where a net is too small to gain from more).
     """
 
     def __init__(
@@ -115,11 +147,13 @@ class FusedSteps:
         bounds: list[int],
         blocks: list[tuple[int, int]],
         library: ctypes.CDLL | None = None,
+        threads: int = 1,
     ) -> None:
         lib, reason = (library, None) if library is not None else _load()
         if lib is None:
             raise RuntimeError(reason)
         self._lib = lib
+        self.threads = threads
         self.hidden = mask.shape[0]
         covered = torch.zeros(mask.shape, dtype=torch.bool)
         seg_row, seg_rows, seg_term, seg_terms = [], [], [], []
@@ -195,14 +229,13 @@ class FusedSteps:
         ``drive`` is transposed (hidden x batch): everything of a step that does not move.
         """
         batch = state.shape[0]
-        width = min(_STRIP, -(-batch // _VECTOR) * _VECTOR)
-        strips = -(-batch // width)
+        width, strips = _strip_shape(batch)
         s = _to_strips(state.T, width, strips)
         d = _to_strips(drive, width, strips)
         y = None if target is None else _to_strips(target.T, width, strips)
         plan = self._plan(width, strips)
         scratch = torch.empty_like(s)
-        self._lib.eqp_settle(
+        used = self._lib.eqp_settle(
             ctypes.byref(plan),
             steps,
             s.data_ptr(),
@@ -212,8 +245,63 @@ class FusedSteps:
             None if y is None else y.data_ptr(),
             pull,
             first_output,
+            self.threads,
         )
-        return s.permute(1, 0, 2).reshape(self.hidden, -1)[:, :batch].T.contiguous()
+        _check(used)
+        return _from_strips(s, self.hidden, batch)
+
+    def converge(
+        self,
+        drive: torch.Tensor,
+        state: torch.Tensor,
+        epsilon: float,
+        omega: float,
+        tol: float,
+        warm_tol: float,
+        cold_tol: float,
+        max_work: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Converged free phase (see eqp.converged): the state, passes per example and
+        whether each example stopped at ``max_work`` without converging."""
+        batch = state.shape[0]
+        width, strips = _strip_shape(batch)
+        s = _to_strips(state.T, width, strips)
+        d = _to_strips(drive, width, strips)
+        plan = self._plan(width, strips)
+        scratch = torch.empty_like(s)
+        work = torch.zeros(batch, dtype=torch.int32)
+        capped = torch.zeros(batch, dtype=torch.int32)
+        args = _ConvergeArgs(
+            1 - epsilon, 1 / epsilon, omega, tol, warm_tol, cold_tol, max_work, batch
+        )
+        used = self._lib.eqp_converge(
+            ctypes.byref(plan),
+            ctypes.byref(args),
+            s.data_ptr(),
+            scratch.data_ptr(),
+            d.data_ptr(),
+            work.data_ptr(),
+            capped.data_ptr(),
+            self.threads,
+        )
+        _check(used)
+        return _from_strips(s, self.hidden, batch), work, capped.bool()
+
+
+def _check(used: int) -> None:
+    if used < 0:
+        raise MemoryError("the fused kernel could not allocate its tile plan")
+
+
+def _strip_shape(batch: int) -> tuple[int, int]:
+    """Columns per strip (8, 16 or 24) and the number of strips for ``batch`` columns."""
+    width = min(_STRIP, -(-batch // _VECTOR) * _VECTOR)
+    return width, -(-batch // width)
+
+
+def _from_strips(strips: torch.Tensor, hidden: int, batch: int) -> torch.Tensor:
+    """The kernel's (strips x rows x width) state back as (batch x rows)."""
+    return strips.permute(1, 0, 2).reshape(hidden, -1)[:, :batch].T.contiguous()
 
 
 def _to_strips(columns: torch.Tensor, width: int, strips: int) -> torch.Tensor:

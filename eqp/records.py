@@ -37,6 +37,17 @@ METRICS_FIELDS = (
     "saturated_high",
     "seconds",
 )
+# Free-phase work per example (Euler steps or SOR passes): mean, max and how many examples
+# stopped at the cap, for the epoch's training and test phases. Folders written before these
+# columns existed lack them; an empty cell (no training phase at epoch 0) reads as NaN.
+WORK_FIELDS = (
+    "train_work_mean",
+    "train_work_max",
+    "train_capped",
+    "test_work_mean",
+    "test_work_max",
+    "test_capped",
+)
 FILES = (
     "metrics.csv",
     "layer_rates.npz",
@@ -93,13 +104,15 @@ def metrics_csv_text(rows: Iterable[Mapping[str, float]]) -> str:
     """Render metric rows; floats use repr so that a re-read value is bit-identical."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(METRICS_FIELDS)
+    writer.writerow(METRICS_FIELDS + WORK_FIELDS)
     for row in rows:
-        writer.writerow([_format_cell(row[name]) for name in METRICS_FIELDS])
+        writer.writerow([_format_cell(row.get(name)) for name in METRICS_FIELDS + WORK_FIELDS])
     return out.getvalue()
 
 
 def _format_cell(value: Any) -> str:
+    if value is None:
+        return ""
     if isinstance(value, (float, np.floating)):
         return repr(float(value))
     return str(int(value))
@@ -110,7 +123,8 @@ def write_metrics(folder: str | os.PathLike, rows: Iterable[Mapping[str, float]]
 
 
 def read_metrics(folder: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Columns of ``metrics.csv`` as arrays (epoch and counts as int64, the rest float64)."""
+    """Columns of ``metrics.csv`` as arrays (epoch and counts as int64, the rest float64;
+    the work columns where present, as float64 with NaN for empty cells)."""
     path = Path(folder) / "metrics.csv"
     try:
         with open(path, newline="") as handle:
@@ -120,12 +134,16 @@ def read_metrics(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     if not rows or set(METRICS_FIELDS) - set(rows[0]):
         raise RecordError(f"{path} lacks rows or the columns {', '.join(METRICS_FIELDS)}")
     integer = {"epoch", "saturated_low", "saturated_high"}
-    return {
+    columns = {
         name: np.array(
             [row[name] for row in rows], dtype=np.int64 if name in integer else np.float64
         )
         for name in METRICS_FIELDS
     }
+    for name in WORK_FIELDS:
+        if name in rows[0]:
+            columns[name] = np.array([row[name] or "nan" for row in rows], dtype=np.float64)
+    return columns
 
 
 def sparse_from_dense(matrix: np.ndarray, where: np.ndarray) -> dict[str, np.ndarray]:

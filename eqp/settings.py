@@ -17,6 +17,9 @@ import yaml
 
 DATASETS = ("mnist", "fashion_mnist", "diabetes", "wine")
 NETWORK_TYPES = ("MLFF", "SW_intra", "SW_no_intra")
+# How the free phase settles: the published Euler steps, or to a fixed point (eqp.converged).
+SETTLE_METHODS = ("euler", "sor")
+DEFAULT_SETTLE_TOL = 1e-5
 
 # Input and output widths; for MNIST-like sets the sizes of the two canonical splits, for the
 # scikit-learn sets the number of rows and the row at which the spec cuts training from test.
@@ -75,6 +78,9 @@ class TrialSettings:
     train_examples: int | None = None
     test_examples: int | None = None
     correct_bias_quirk: bool = False
+    settle: str = "euler"
+    settle_tol: float = DEFAULT_SETTLE_TOL
+    settle_max_steps: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -95,6 +101,11 @@ class TrialSettings:
     @property
     def classification(self) -> bool:
         return self.dataset != "diabetes"
+
+    @property
+    def settle_cap(self) -> int:
+        """Most free-phase passes (Euler steps or sweeps) an example may cost."""
+        return self.settle_max_steps or self.free_iterations
 
     def batch_counts(self) -> tuple[int, int]:
         return batch_counts(self.dataset, self.batch_size, self.train_examples, self.test_examples)
@@ -236,6 +247,27 @@ def trial_from_dict(name: str, data: Mapping[str, Any]) -> TrialSettings:
     if not isinstance(correct, bool):
         raise _fail(name, "correct_bias_quirk", correct, "it must be true or false")
 
+    settle = data.get("settle", "euler")
+    if settle not in SETTLE_METHODS:
+        raise _fail(
+            name,
+            "settle",
+            settle,
+            "use 'euler' (the published Euler steps) or 'sor' (settle to a fixed point)",
+        )
+    if settle == "sor" and network_type == "SW_intra":
+        raise _fail(
+            name,
+            "settle",
+            settle,
+            "settle: sor updates one layer at a time, which is exact only without connections "
+            "inside a layer; SW_intra has them, so use settle: euler for it",
+        )
+    settle_tol = _number(name, "settle_tol", data.get("settle_tol", DEFAULT_SETTLE_TOL))
+    settle_max_steps = data.get("settle_max_steps")
+    if settle_max_steps is not None:
+        _integer(name, "settle_max_steps", settle_max_steps, 1)
+
     return TrialSettings(
         name=name,
         dataset=dataset,
@@ -257,6 +289,9 @@ def trial_from_dict(name: str, data: Mapping[str, Any]) -> TrialSettings:
         train_examples=values["train_examples"],
         test_examples=values["test_examples"],
         correct_bias_quirk=correct,
+        settle=settle,
+        settle_tol=settle_tol,
+        settle_max_steps=settle_max_steps,
     )
 
 

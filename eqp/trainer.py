@@ -12,7 +12,8 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from . import records
+from .converged import SorParameters, make_settler
 from .data import DataSet, load_dataset
 from .dynamics import Minimiser, make_engine
 from .network import Network, rho
@@ -48,6 +50,35 @@ def resolve_device(device: str) -> torch.device:
 
 
 @dataclass
+class WorkTally:
+    """Free-phase work (Euler steps or SOR passes) per example over one epoch's phases."""
+
+    examples: int = 0
+    total: int = 0
+    most: int = 0
+    capped: int = 0
+
+    def add(self, work: torch.Tensor | None, capped: torch.Tensor | None) -> None:
+        if work is None or capped is None:
+            return
+        self.examples += int(work.numel())
+        self.total += int(work.sum())
+        self.most = max(self.most, int(work.max()))
+        self.capped += int(capped.sum())
+
+    def columns(self, split: str) -> dict[str, float | int | None]:
+        """metrics.csv cells: mean and max work per example and the capped count (empty
+        when the split ran no free phase, e.g. training before epoch 1)."""
+        if not self.examples:
+            return {f"{split}_work_mean": None, f"{split}_work_max": None, f"{split}_capped": None}
+        return {
+            f"{split}_work_mean": self.total / self.examples,
+            f"{split}_work_max": self.most,
+            f"{split}_capped": self.capped,
+        }
+
+
+@dataclass
 class EpochResult:
     epoch: int
     train_error: float
@@ -55,9 +86,12 @@ class EpochResult:
     saturated_low: int
     saturated_high: int
     seconds: float
+    train_work: WorkTally = field(default_factory=WorkTally)
+    test_work: WorkTally = field(default_factory=WorkTally)
 
-    def row(self) -> dict[str, float]:
-        return dict(self.__dict__)
+    def row(self) -> dict[str, float | int | None]:
+        row = {k: v for k, v in self.__dict__.items() if not isinstance(v, WorkTally)}
+        return {**row, **self.train_work.columns("train"), **self.test_work.columns("test")}
 
 
 @dataclass
@@ -65,6 +99,7 @@ class Evaluation:
     error: float
     saturated_low: int
     saturated_high: int
+    work: WorkTally = field(default_factory=WorkTally)
 
 
 @dataclass
@@ -86,8 +121,10 @@ class Trainer:
         eval_chunk: int = 50,
         data: DataSet | None = None,
         layout: str = "auto",
+        threads: int = 1,
     ) -> None:
         self.settings = settings
+        self.threads = max(1, threads)
         self.device = resolve_device(settings.device)
         self.stream = np.random.RandomState(settings.seed)
         torch.manual_seed(settings.seed)
@@ -96,7 +133,14 @@ class Trainer:
         self.data: DataSet = data
         self.topology: Topology = build_topology(settings, np.random.RandomState(settings.seed))
         self.net = Network.from_topology(self.topology, self.device)
-        self.engine: Minimiser = make_engine(engine, self.net, settings.epsilon, layout)
+        inner = make_engine(engine, self.net, settings.epsilon, layout, self.threads)
+        self.sor = (
+            SorParameters(settings.epsilon, settings.settle_tol, settings.settle_max_steps)
+            if settings.settle == "sor"
+            else None
+        )
+        self.engine: Minimiser = make_settler(inner, self.net, settings.settle, self.sor)
+        self.train_work = WorkTally()
         self.eval_chunk = max(1, eval_chunk)
         hidden = self.net.n_neurons - self.net.n_inputs
         size = settings.batch_size
@@ -160,12 +204,15 @@ class Trainer:
         size = x.shape[0]
         d_weights = (both.T @ signed).div_(beta).div_(size).mul_(self._mask_columns)
         d_biases = ((r_nudged - r_free) / beta).mean(0)
-        rates = torch.stack(
-            [
-                torch.linalg.vector_norm(d_weights[rows, cols]) / math.sqrt(count)
-                for (rows, cols), count in zip(self._pair_columns, self._pair_counts, strict=True)
-            ]
-        )
+        with _one_thread(torch.get_num_threads() > 1):
+            rates = torch.stack(
+                [
+                    torch.linalg.vector_norm(d_weights[rows, cols]) / math.sqrt(count)
+                    for (rows, cols), count in zip(
+                        self._pair_columns, self._pair_counts, strict=True
+                    )
+                ]
+            )
         columns = self.net.weights[:, n_in:]
         if self._factor is None:
             rate = float(self.settings.learning_rate)
@@ -184,6 +231,7 @@ class Trainer:
         s = self.settings
         x, y = self.data.train.x[j], self.data.train.y[j]
         free = self.engine.free(x, self.train_particles[j], s.free_iterations)
+        self.train_work.add(self.engine.last_work, self.engine.last_capped)
         self.train_particles[j] = free
         score = self._score(self._outputs(free), y)
         if self.stream.randint(0, 2) == 1:
@@ -195,7 +243,9 @@ class Trainer:
     def train_epoch(
         self, progress: Callable[[int], None] | None = None
     ) -> tuple[float, np.ndarray]:
-        """One pass over the training batches in their fixed order."""
+        """One pass over the training batches in their fixed order (its free-phase work is
+        left in ``train_work``)."""
+        self.train_work = WorkTally()
         n_batches = len(self.data.train)
         rates = torch.empty(n_batches, self.net.n_pairs, dtype=torch.float32, device=self.device)
         epoch_abs = torch.zeros_like(self.mean_abs_dw)
@@ -222,6 +272,7 @@ class Trainer:
         n_batches = len(self.data.test)
         scores = []
         last_state = None
+        work = WorkTally()
         for start in range(0, n_batches, self.eval_chunk):
             stop = min(start + self.eval_chunk, n_batches)
             x = self.data.test.x[start:stop]
@@ -229,6 +280,7 @@ class Trainer:
             rows = x.shape[0] * x.shape[1]
             state = self.test_particles[start:stop].reshape(rows, -1)
             free = self.engine.free(x.reshape(rows, -1), state, s.free_iterations)
+            work.add(self.engine.last_work, self.engine.last_capped)
             self.test_particles[start:stop] = free.view_as(self.test_particles[start:stop])
             outputs = self._outputs(free).view(stop - start, s.batch_size, -1)
             for b in range(stop - start):
@@ -243,6 +295,7 @@ class Trainer:
             error=error,
             saturated_low=int((last_state == 0).sum()),
             saturated_high=int((last_state == 1).sum()),
+            work=work,
         )
 
     def full_mean_abs_dw(self) -> np.ndarray:
@@ -265,12 +318,19 @@ class Trainer:
                 "settings": self.settings.to_dict(),
                 "engine": self.engine.name,
                 "layout": getattr(self.engine, "layout", "full"),
+                "settle": self.settle_record(),
                 "eval_chunk": self.eval_chunk,
                 "format": CHECKPOINT_FORMAT,
             },
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()
+
+    def settle_record(self) -> dict[str, Any]:
+        """How the free phase settled, for summary.json (and checkpoints' fingerprint)."""
+        if self.sor is None:
+            return {"method": "euler", "steps": self.settings.free_iterations}
+        return self.sor.as_dict()
 
     def save_checkpoint(self, path: Path) -> None:
         key, pos, has_gauss, gauss = self.stream.get_state(legacy=True)[1:]
@@ -390,12 +450,20 @@ def run_trial(
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
-    trainer = Trainer(settings, data_root, engine=engine, eval_chunk=eval_chunk, layout=layout)
+    trainer = Trainer(
+        settings,
+        data_root,
+        engine=engine,
+        eval_chunk=eval_chunk,
+        layout=layout,
+        threads=threads or 1,
+    )
     log(
         f"trial {settings.name} seed {settings.seed}: {len(trainer.data.train)} training and "
         f"{len(trainer.data.test)} test batches of {settings.batch_size}; realised p = "
         f"{trainer.topology.realised_p:.6g}; engine {engine} "
-        f"({getattr(trainer.engine, 'layout', 'full')} layout) on {trainer.device}"
+        f"({getattr(trainer.engine, 'layout', 'full')} layout) on {trainer.device}, "
+        f"{trainer.threads} thread(s); free phase: {_settle_text(trainer.settle_record())}"
     )
     checkpoint_path = Path(checkpoint) if checkpoint else None
     resumed = 0
@@ -416,6 +484,7 @@ def run_trial(
                 initial.saturated_low,
                 initial.saturated_high,
                 time.perf_counter() - tick,
+                test_work=initial.work,
             ).row()
         )
         log(f"epoch 0: test error {initial.error:.6g}")
@@ -434,12 +503,20 @@ def run_trial(
                 evaluation.saturated_low,
                 evaluation.saturated_high,
                 time.perf_counter() - tick,
+                train_work=trainer.train_work,
+                test_work=evaluation.work,
             )
             trainer.history.rows.append(result.row())
             trainer.history.rates.append(rates)
             log(
                 f"epoch {result.epoch}: train error {train_error:.6g}, test error "
-                f"{evaluation.error:.6g} ({result.seconds:.1f} s)"
+                f"{evaluation.error:.6g} ({result.seconds:.1f} s"
+                + (
+                    f"; free-phase passes per example: train {_work_text(trainer.train_work)}, "
+                    f"test {_work_text(evaluation.work)})"
+                    if trainer.sor is not None
+                    else ")"
+                )
             )
             if checkpoint_path is not None:
                 trainer.save_checkpoint(checkpoint_path)
@@ -450,6 +527,38 @@ def run_trial(
     if checkpoint_path is not None:
         checkpoint_path.unlink(missing_ok=True)
     return TrialOutcome(Path(out_dir), summary, resumed)
+
+
+def _settle_text(record: dict[str, Any]) -> str:
+    if record["method"] == "euler":
+        return f"{record['steps']} Euler steps (faithful)"
+    cap = record["max_steps"] or "the Euler steps"
+    return (
+        f"SOR to a fixed point (tol {record['tol']:g}, omega {record['omega']:g}, Euler "
+        f"warm-up above residual {record['warmup_tol']:g} ({record['cold_warmup_tol']:g} from "
+        f"zero), at most {cap} passes)"
+    )
+
+
+def _work_text(tally: WorkTally) -> str:
+    if not tally.examples:
+        return "-"
+    return f"mean {tally.total / tally.examples:.1f}, max {tally.most}, capped {tally.capped}"
+
+
+@contextmanager
+def _one_thread(active: bool) -> Iterator[None]:
+    """torch on one thread inside the block: its parallel reductions split the sum by thread
+    count, so results that must not depend on it (the per-layer rates) are reduced serially."""
+    if not active:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _progress_bar(enabled: bool, settings: TrialSettings, per_epoch: int, done: int) -> Any:
@@ -524,6 +633,8 @@ def write_trial_folder(
         "batches_per_epoch": {"train": len(trainer.data.train), "test": len(trainer.data.test)},
         "engine": trainer.engine.name,
         "engine_layout": getattr(trainer.engine, "layout", None),
+        "settle": trainer.settle_record(),
+        "threads": trainer.threads,
         "device": str(trainer.device),
         "seconds": seconds,
         "versions": versions(),

@@ -176,7 +176,7 @@ def test_portable_build_of_the_kernel_matches_the_reference(paper_trials, tmp_pa
         net.mask[n_in:, n_in:], [o - n_in for o in net.offsets[1:]], engine.fused_blocks, lib
     )
     fused.refresh(settings.epsilon * net.weights[n_in:, n_in:])
-    drive = engine._drive(x)
+    drive = engine.drive(x)
     first_output = net.output_slice.start
     reference = DenseReference(net, settings.epsilon)
     free = fused.settle(drive, state, 1 - settings.epsilon, 40, None, 0.0, first_output)

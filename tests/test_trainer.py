@@ -33,7 +33,8 @@ def _comparable(folder: Path) -> dict:
     for key in ("seconds", "versions"):
         summary.pop(key)
     return {
-        "metrics": {k: v.tolist() for k, v in metrics.items()},
+        # NaN marks an empty cell (no training phase at epoch 0); None compares equal to itself
+        "metrics": {k: [None if x != x else x for x in v.tolist()] for k, v in metrics.items()},
         "summary": summary,
         "model": {k: v.tolist() for k, v in load_file(folder / "model.safetensors").items()},
         "rates": records.TrialRecord.open(folder).layer_rates.tolist(),

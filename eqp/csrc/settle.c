@@ -1,18 +1,40 @@
 /*
- * Fused Euler steps for the fast engine's "fused" layout (see eqp/native.py).
+ * Fused settling kernels for the fast engine's "fused" layout (see eqp/native.py).
  *
- * One step for every hidden and output neuron i:
+ * Euler phases (eqp_settle), one step for every hidden and output neuron i:
  *
  *     buf[i] = drive[i] + keep * s[i] + sum_blocks W_blk[i, :] s[src..] + sum_csr v s[j]
  *     buf[i] += pull * (target[i] - buf[i])            (weakly clamped phase, outputs only)
  *     s'[i]  = clamp(buf[i], 0, 1)
  *
  * all computed for a tile of rows in registers, so a step is one pass over the weights with
- * no temporaries. States are stored in strips of 8, 16 or 24 batch columns (one to three
- * AVX vectors): strip c is a contiguous (hidden x width) array, so a strip stays in cache
- * while every row tile reads it, however large the batch. Padded columns carry zeros and
- * stay zero. Built for AVX2+FMA with a portable default clone, chosen at load time
- * (-DEQP_PORTABLE_ONLY builds the portable code alone; the tests check it that way).
+ * no temporaries. `drive` is eps * (W_hx x + b) and the packed weights are eps * W.
+ *
+ * Converged free phase (eqp_converge): projected layer-wise SOR. Layers are visited in order
+ * and each is set, in place, to clamp((1 - omega) s + omega h), h = W s + b + W_hx x being
+ * the layer's exact minimiser given the others (no intra-layer weights). Every example
+ * (column) runs its own little state machine: Euler steps while its fixed-point residual
+ * |clamp(h) - s| is at least `warm_tol` (`cold_tol` for a column starting from all zeros), so
+ * a start far from equilibrium follows the faithful dynamics into its basin, then SOR sweeps until a sweep's residual is at most `tol`, then one pass that
+ * measures the true residual at the unchanged state; it stops there if that is at most `tol`
+ * too, else it sweeps on. Frozen columns no longer change, so a column's result depends on
+ * nothing but its own trajectory: not on the other examples of its strip, the strip width
+ * or the number of threads.
+ *
+ * States are stored in strips of 8, 16 or 24 batch columns (one to three AVX vectors):
+ * strip c is a contiguous (hidden x width) array, so a strip stays in cache while every row
+ * tile reads it, however large the batch. Padded columns carry zeros and stay zero.
+ *
+ * Threads (OpenMP): with at least as many strips as threads, whole strips run side by side;
+ * otherwise (a training batch is one strip) the row tiles of every step (Euler) or of every
+ * layer (SOR) are split across the threads, with a barrier after each. Every output element
+ * is computed by one thread with the same instructions in the same order whatever the thread
+ * count, so results are bitwise identical for any number of threads.
+ *
+ * The arithmetic is built for AVX2+FMA with a portable default clone, chosen at load time
+ * (-DEQP_PORTABLE_ONLY builds the portable code alone; the tests check it that way). The
+ * OpenMP parallel regions live in the exported functions; the per-thread workers they call
+ * are the cloned functions, so the outlined regions themselves hold no arithmetic.
  *
  * Python reaches it through ctypes (eqp/native.py); the module init at the end only makes the
  * file a valid extension module for setuptools and for locating it.
@@ -20,17 +42,41 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
-#define EQP_SETTLE_ABI 2
+#define EQP_SETTLE_ABI 3
 #define MAX_ROWS 4
 #define MAX_VECS 3
+#define MAX_WIDTH 24
+#define MAX_THREADS 256
+#define RES_STRIDE 32 /* floats per thread's residual row (128 bytes: no false sharing) */
 
 typedef float vf __attribute__((vector_size(32), aligned(4), may_alias));
 typedef int32_t vi __attribute__((vector_size(32), aligned(4), may_alias));
 #define SPLAT(x) ((vf){(x), (x), (x), (x), (x), (x), (x), (x)})
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__) \
+    && !defined(EQP_PORTABLE_ONLY)
+#define CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+
 int eqp_settle_abi(void) { return EQP_SETTLE_ABI; }
+
+/* 1 when built with OpenMP (threads available), else 0. */
+int eqp_settle_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 struct eqp_plan {
     int32_t hidden;             /* rows of the state */
@@ -50,14 +96,26 @@ struct eqp_plan {
     const float *cval;          /* eps * W values */
 };
 
-/* Rows row..row+R-1 of one strip; s, out, drive and target point at the strip. */
-static inline __attribute__((always_inline)) void tile(
+/* Parameters of a converged free phase (eqp_converge). */
+struct eqp_converge_args {
+    float keep;     /* 1 - eps: the Euler warm-up's kept fraction */
+    float inv_eps;  /* 1 / eps: turns drive + eps W s into h */
+    float omega;    /* SOR relaxation */
+    float tol;      /* residual at which a column has converged */
+    float warm_tol; /* residual below which a column leaves Euler for SOR */
+    float cold_tol; /* the same for a column starting from the all-zero state */
+    int32_t max_work; /* passes (Euler steps or sweeps) after which a column stops anyway */
+    int32_t batch;  /* real columns; the padding beyond is never worked on */
+};
+
+/* --- arithmetic of one tile of rows --------------------------------------------------- */
+
+/* acc = drive + keep * s + (eps W s) for rows row..row+R-1 of one strip. */
+static inline __attribute__((always_inline)) void accumulate(
     const int R, const int NV, const struct eqp_plan *p, int seg, int row,
-    const float *s, float *out, const float *drive, float keep,
-    const float *target, float pull, int first_output)
+    const float *s, const float *drive, float keep, vf acc[MAX_ROWS][MAX_VECS])
 {
     const int64_t w8 = 8 * NV;
-    vf acc[MAX_ROWS][MAX_VECS];
     const vf vkeep = SPLAT(keep);
     for (int r = 0; r < R; r++)
         for (int v = 0; v < NV; v++) {
@@ -88,7 +146,28 @@ static inline __attribute__((always_inline)) void tile(
             }
         }
     }
-    const vf zero = SPLAT(0.0f), one = SPLAT(1.0f), vpull = SPLAT(pull);
+}
+
+/* Clamp to [0, 1] in place (NaN-free inputs). */
+static inline __attribute__((always_inline)) void clamp01(vf *a)
+{
+    const vf zero = SPLAT(0.0f), one = SPLAT(1.0f);
+    const vi positive = *a > zero;
+    *a = (vf)((vi)*a & positive);
+    const vi above = *a > one;
+    *a = (vf)(((vi)*a & ~above) | ((vi)one & above));
+}
+
+/* One Euler step of a tile: out = clamp(acc [+ pull (target - acc) for outputs]). */
+static inline __attribute__((always_inline)) void euler_tile(
+    const int R, const int NV, const struct eqp_plan *p, int seg, int row,
+    const float *s, float *out, const float *drive, float keep,
+    const float *target, float pull, int first_output)
+{
+    const int64_t w8 = 8 * NV;
+    vf acc[MAX_ROWS][MAX_VECS];
+    accumulate(R, NV, p, seg, row, s, drive, keep, acc);
+    const vf vpull = SPLAT(pull);
     for (int r = 0; r < R; r++) {
         const int i = row + r;
         for (int v = 0; v < NV; v++) {
@@ -97,36 +176,208 @@ static inline __attribute__((always_inline)) void tile(
                 const vf y = *(const vf *)(target + (i - first_output) * w8 + 8 * v);
                 a = a + vpull * (y - a);
             }
-            const vi positive = a > zero;
-            a = (vf)((vi)a & positive);
-            const vi above = a > one;
-            a = (vf)(((vi)a & ~above) | ((vi)one & above));
+            clamp01(&a);
             *(vf *)(out + i * w8 + 8 * v) = a;
         }
     }
 }
 
-#define ROWS_CASES(NV)                                                                     \
-    switch (rows) {                                                                        \
-    case 4: tile(4, NV, p, seg, row, s, out, drive, keep, target, pull, first_output); break; \
-    case 3: tile(3, NV, p, seg, row, s, out, drive, keep, target, pull, first_output); break; \
-    case 2: tile(2, NV, p, seg, row, s, out, drive, keep, target, pull, first_output); break; \
-    default: tile(1, NV, p, seg, row, s, out, drive, keep, target, pull, first_output); break; \
+/*
+ * One converged-phase pass over a tile: SOR columns (mask `sor`) are updated in place in s;
+ * every column's Euler step goes to buf (kept only for columns in Euler mode); res gets the
+ * max over the tile's rows of |clamp(h) - s| per column.
+ */
+static inline __attribute__((always_inline)) void converge_tile(
+    const int R, const int NV, const struct eqp_plan *p, int seg, int row,
+    float *s, float *buf, const float *drive, const struct eqp_converge_args *a,
+    const vi *sor, int euler_columns, float *res)
+{
+    const int64_t w8 = 8 * NV;
+    vf acc[MAX_ROWS][MAX_VECS];
+    accumulate(R, NV, p, seg, row, s, drive, 0.0f, acc);
+    const vf vkeep = SPLAT(a->keep), vinv = SPLAT(a->inv_eps);
+    const vf vomega = SPLAT(a->omega), vstay = SPLAT(1.0f - a->omega);
+    const vi magnitude = (vi)SPLAT(0.0f) | 0x7fffffff;
+    vf worst[MAX_VECS];
+    for (int v = 0; v < NV; v++) worst[v] = *(const vf *)(res + 8 * v);
+    for (int r = 0; r < R; r++) {
+        const int i = row + r;
+        for (int v = 0; v < NV; v++) {
+            const int64_t at = i * w8 + 8 * v;
+            const vf old = *(const vf *)(s + at);
+            const vf h = acc[r][v] * vinv;
+            vf target = h;
+            clamp01(&target);
+            const vf gap = (vf)((vi)(target - old) & magnitude);
+            const vi larger = gap > worst[v];
+            worst[v] = (vf)(((vi)worst[v] & ~larger) | ((vi)gap & larger));
+            vf relaxed = vstay * old + vomega * h;
+            clamp01(&relaxed);
+            *(vf *)(s + at) = (vf)(((vi)relaxed & sor[v]) | ((vi)old & ~sor[v]));
+            if (euler_columns) {
+                vf step = acc[r][v] + vkeep * old;
+                clamp01(&step);
+                *(vf *)(buf + at) = step;
+            }
+        }
+    }
+    for (int v = 0; v < NV; v++) *(vf *)(res + 8 * v) = worst[v];
+}
+
+/* --- tiles and their split across threads -------------------------------------------- */
+
+/* The row tiles of a plan, in row order: tile k covers rows row[k] .. row[k] + rows[k] - 1
+ * of segment seg[k]; segment s owns tiles first[s] .. first[s + 1] - 1. */
+struct tiles {
+    int32_t n;
+    int32_t *seg, *row, *rows, *first;
+    int64_t *cost; /* cumulative cost: weights read by tiles 0..k-1 */
+};
+
+static void free_tiles(struct tiles *t)
+{
+    free(t->seg);
+    free(t->row);
+    free(t->rows);
+    free(t->first);
+    free(t->cost);
+}
+
+static int make_tiles(const struct eqp_plan *p, struct tiles *t)
+{
+    int n = 0;
+    for (int g = 0; g < p->n_segments; g++) n += (p->seg_rows[g] + MAX_ROWS - 1) / MAX_ROWS;
+    t->n = n;
+    t->seg = malloc(sizeof(int32_t) * (n + 1));
+    t->row = malloc(sizeof(int32_t) * (n + 1));
+    t->rows = malloc(sizeof(int32_t) * (n + 1));
+    t->first = malloc(sizeof(int32_t) * (p->n_segments + 1));
+    t->cost = malloc(sizeof(int64_t) * (n + 1));
+    if (!t->seg || !t->row || !t->rows || !t->first || !t->cost) {
+        free_tiles(t);
+        return -1;
+    }
+    int k = 0;
+    t->cost[0] = 0;
+    for (int g = 0; g < p->n_segments; g++) {
+        t->first[g] = k;
+        int per_row = 4; /* the epilogue */
+        for (int q = p->seg_term[g]; q < p->seg_term[g] + p->seg_terms[g]; q++)
+            per_row += p->term_width[q];
+        const int end = p->seg_row[g] + p->seg_rows[g];
+        for (int row = p->seg_row[g]; row < end; row += MAX_ROWS, k++) {
+            const int rows = end - row < MAX_ROWS ? end - row : MAX_ROWS;
+            int64_t cost = (int64_t)per_row * rows;
+            if (p->crow) cost += p->crow[row + rows] - p->crow[row];
+            t->seg[k] = g;
+            t->row[k] = row;
+            t->rows[k] = rows;
+            t->cost[k + 1] = t->cost[k] + cost;
+        }
+    }
+    t->first[p->n_segments] = k;
+    return 0;
+}
+
+/* Split tiles lo..hi-1 into nt contiguous parts of about equal cost: part j is
+ * bound[j] .. bound[j + 1] - 1. */
+static void split_tiles(const struct tiles *t, int lo, int hi, int nt, int32_t *bound)
+{
+    const int64_t base = t->cost[lo], total = t->cost[hi] - base;
+    int k = lo;
+    bound[0] = lo;
+    for (int j = 1; j < nt; j++) {
+        const int64_t goal = base + total * j / nt;
+        while (k < hi && t->cost[k] < goal) k++;
+        bound[j] = k;
+    }
+    bound[nt] = hi;
+}
+
+/* Work (weights x columns) below which a further thread splitting rows costs more in
+ * barriers than it saves. */
+#define MIN_WORK_PER_THREAD 60000
+
+/* Threads that splitting the rows of one strip can use. */
+static int row_threads(const struct eqp_plan *p, const struct tiles *t, int threads)
+{
+    const int64_t work = t->cost[t->n] * p->width;
+    int64_t useful = work / MIN_WORK_PER_THREAD;
+    if (useful < 1) useful = 1;
+    return threads < useful ? threads : (int)useful;
+}
+
+/* Wait for the whole team (an orphaned barrier: it binds to the caller's parallel region). */
+static void barrier(void)
+{
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+}
+
+#ifdef _OPENMP
+#define THREAD_ID() omp_get_thread_num()
+#define TEAM_SIZE() omp_get_num_threads()
+#endif
+
+/* --- Euler phases --------------------------------------------------------------------- */
+
+struct euler_job {
+    const struct eqp_plan *p;
+    const struct tiles *t;
+    int steps;
+    float *s, *buf;
+    const float *drive, *target;
+    float keep, pull;
+    int first_output;
+    int by_strips;        /* 1: whole strips per thread; 0: rows of each strip split */
+    const int32_t *bound; /* row split: tiles of thread j are bound[j] .. bound[j + 1] - 1 */
+};
+
+#define EULER_CASES(NV)                                                                   \
+    switch (rows) {                                                                       \
+    case 4: euler_tile(4, NV, p, seg, row, from, to, d, j->keep, y, j->pull, fo); break; \
+    case 3: euler_tile(3, NV, p, seg, row, from, to, d, j->keep, y, j->pull, fo); break; \
+    case 2: euler_tile(2, NV, p, seg, row, from, to, d, j->keep, y, j->pull, fo); break; \
+    default: euler_tile(1, NV, p, seg, row, from, to, d, j->keep, y, j->pull, fo); break; \
     }
 
-/* One step of one strip. */
-static inline __attribute__((always_inline)) void step(
-    const struct eqp_plan *p, const float *s, float *out, const float *drive, float keep,
-    const float *target, float pull, int first_output)
+/* One Euler step of tiles lo..hi-1 of one strip. */
+static inline __attribute__((always_inline)) void euler_tiles(
+    const struct euler_job *j, int lo, int hi, const float *from, float *to, const float *d,
+    const float *y)
 {
-    const int vecs = p->width / 8;
-    for (int seg = 0; seg < p->n_segments; seg++) {
-        const int end = p->seg_row[seg] + p->seg_rows[seg];
-        for (int row = p->seg_row[seg]; row < end; row += MAX_ROWS) {
-            const int rows = end - row < MAX_ROWS ? end - row : MAX_ROWS;
-            if (vecs == 3) { ROWS_CASES(3); }
-            else if (vecs == 2) { ROWS_CASES(2); }
-            else { ROWS_CASES(1); }
+    const struct eqp_plan *p = j->p;
+    const int vecs = p->width / 8, fo = j->first_output;
+    for (int k = lo; k < hi; k++) {
+        const int seg = j->t->seg[k], row = j->t->row[k], rows = j->t->rows[k];
+        if (vecs == 3) { EULER_CASES(3); }
+        else if (vecs == 2) { EULER_CASES(2); }
+        else { EULER_CASES(1); }
+    }
+}
+
+CLONES void eqp_euler_worker(const struct euler_job *j, int tid, int nt)
+{
+    const struct eqp_plan *p = j->p;
+    const int64_t strip = (int64_t)p->hidden * p->width;
+    const int64_t outputs = (int64_t)(p->hidden - j->first_output) * p->width;
+    const int lo = j->by_strips ? 0 : j->bound[tid];
+    const int hi = j->by_strips ? j->t->n : j->bound[tid + 1];
+    const int first = j->by_strips ? tid : 0, stride = j->by_strips ? nt : 1;
+    for (int c = first; c < p->strips; c += stride) {
+        float *home = j->s + c * strip, *from = home, *to = j->buf + c * strip;
+        const float *d = j->drive + c * strip;
+        const float *y = j->target ? j->target + c * outputs : NULL;
+        for (int n = 0; n < j->steps; n++) {
+            euler_tiles(j, lo, hi, from, to, d, y);
+            if (!j->by_strips) barrier();
+            float *swap = from; from = to; to = swap;
+        }
+        if (from != home && lo < hi) {
+            const int64_t start = (int64_t)j->t->row[lo] * p->width;
+            const int64_t end = (int64_t)(j->t->row[hi - 1] + j->t->rows[hi - 1]) * p->width;
+            memcpy(home + start, from + start, sizeof(float) * (size_t)(end - start));
         }
     }
 }
@@ -134,31 +385,234 @@ static inline __attribute__((always_inline)) void step(
 /*
  * Run `steps` Euler steps from the state in s (strips x hidden x width), using buf (same
  * shape) as scratch; the result is left in s. target (strips x outputs x width) is NULL in
- * the free phase. Strips are independent, so each runs all its steps while it is in cache.
+ * the free phase. Returns the threads used, or -1 when out of memory.
  */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__) \
-    && !defined(EQP_PORTABLE_ONLY)
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
-void eqp_settle(const struct eqp_plan *p, int steps, float *s, float *buf, const float *drive,
-                float keep, const float *target, float pull, int first_output)
+int eqp_settle(const struct eqp_plan *p, int steps, float *s, float *buf, const float *drive,
+               float keep, const float *target, float pull, int first_output, int threads)
 {
-    const int64_t strip = (int64_t)p->hidden * p->width;
-    const int64_t outputs = (int64_t)(p->hidden - first_output) * p->width;
-    for (int c = 0; c < p->strips; c++) {
-        float *from = s + c * strip, *to = buf + c * strip;
-        const float *d = drive + c * strip;
-        const float *y = target ? target + c * outputs : NULL;
-        for (int n = 0; n < steps; n++) {
-            step(p, from, to, d, keep, y, pull, first_output);
-            float *swap = from; from = to; to = swap;
+    struct tiles t;
+    if (make_tiles(p, &t)) return -1;
+    int32_t bound[MAX_THREADS + 1];
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads < 1) threads = 1;
+    struct euler_job job = {p, &t, steps, s, buf, drive, target, keep, pull, first_output,
+                            0, bound};
+    int nt;
+    if (p->strips >= threads) {
+        job.by_strips = 1;
+        nt = threads;
+    } else {
+        nt = row_threads(p, &t, threads);
+        if (nt == 1 && p->strips > 1) {
+            job.by_strips = 1;
+            nt = p->strips;
         }
-        if (from != s + c * strip) memcpy(s + c * strip, from, sizeof(float) * (size_t)strip);
+        split_tiles(&t, 0, t.n, job.by_strips ? 1 : nt, bound);
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    eqp_euler_worker(&job, THREAD_ID(), TEAM_SIZE());
+#else
+    nt = 1;
+    eqp_euler_worker(&job, 0, 1);
+#endif
+    free_tiles(&t);
+    return nt;
+}
+
+/* --- converged free phase ------------------------------------------------------------- */
+
+enum column_mode { EULER = 0, SWEEP = 1, CHECK = 2, DONE = 3 };
+
+struct converge_job {
+    const struct eqp_plan *p;
+    const struct tiles *t;
+    const struct eqp_converge_args *a;
+    float *s, *buf;
+    const float *drive;
+    int32_t *work;   /* out: passes per column (batch entries) */
+    int32_t *capped; /* out: 1 where a column stopped at max_work unconverged */
+    int by_strips;
+    const int32_t *bound; /* per segment g: tiles of thread j are bound[g*(nt+1) + j] .. +1 */
+    float *res;           /* nt x RES_STRIDE residuals (row split) */
+};
+
+#define CONVERGE_CASES(NV)                                                                 \
+    switch (rows) {                                                                        \
+    case 4: converge_tile(4, NV, p, seg, row, s, buf, d, j->a, sor, euler, res); break;    \
+    case 3: converge_tile(3, NV, p, seg, row, s, buf, d, j->a, sor, euler, res); break;    \
+    case 2: converge_tile(2, NV, p, seg, row, s, buf, d, j->a, sor, euler, res); break;    \
+    default: converge_tile(1, NV, p, seg, row, s, buf, d, j->a, sor, euler, res); break;   \
+    }
+
+static inline __attribute__((always_inline)) void converge_tiles(
+    const struct converge_job *j, int lo, int hi, float *s, float *buf, const float *d,
+    const vi *sor, int euler, float *res)
+{
+    const struct eqp_plan *p = j->p;
+    const int vecs = p->width / 8;
+    for (int k = lo; k < hi; k++) {
+        const int seg = j->t->seg[k], row = j->t->row[k], rows = j->t->rows[k];
+        if (vecs == 3) { CONVERGE_CASES(3); }
+        else if (vecs == 2) { CONVERGE_CASES(2); }
+        else { CONVERGE_CASES(1); }
     }
 }
 
+/* The tiles of segment g that thread tid works on. */
+static inline void segment_tiles(const struct converge_job *j, int g, int tid, int nt, int *lo,
+                                 int *hi)
+{
+    if (j->by_strips) {
+        *lo = j->t->first[g];
+        *hi = j->t->first[g + 1];
+    } else {
+        *lo = j->bound[g * (nt + 1) + tid];
+        *hi = j->bound[g * (nt + 1) + tid + 1];
+    }
+}
+
+/* Settle strip c. With a row split every thread of the team runs this for the same strip
+ * and keeps an identical copy of the column modes. */
+static inline __attribute__((always_inline)) void converge_strip(
+    const struct converge_job *j, int c, int tid, int nt)
+{
+    const struct eqp_plan *p = j->p;
+    const struct eqp_converge_args *a = j->a;
+    const int width = p->width, split = !j->by_strips;
+    const int64_t strip = (int64_t)p->hidden * width;
+    float *s = j->s + c * strip, *buf = j->buf + c * strip;
+    const float *d = j->drive + c * strip;
+    int mode[MAX_WIDTH], work[MAX_WIDTH], capped[MAX_WIDTH], back[MAX_WIDTH];
+    float leave[MAX_WIDTH]; /* residual at which the column's Euler warm-up ends */
+    float own[RES_STRIDE];
+    float *res = split ? j->res + tid * RES_STRIDE : own;
+    int live = 0;
+    for (int col = 0; col < width; col++) {
+        const int real = c * width + col < a->batch;
+        mode[col] = real ? EULER : DONE;
+        work[col] = capped[col] = 0;
+        live += real;
+        int cold = 1;
+        for (int64_t row = 0; cold && row < p->hidden; row++) cold = s[row * width + col] == 0.0f;
+        leave[col] = cold ? a->cold_tol : a->warm_tol;
+    }
+    while (live > 0) {
+        vi sor[MAX_VECS];
+        int euler = 0;
+        for (int col = 0; col < width; col++) {
+            ((int32_t *)sor)[col] = mode[col] == SWEEP ? -1 : 0;
+            euler |= mode[col] == EULER;
+        }
+        for (int col = 0; col < width; col++) res[col] = 0.0f;
+        for (int g = 0; g < p->n_segments; g++) {
+            int lo, hi;
+            segment_tiles(j, g, tid, nt, &lo, &hi);
+            converge_tiles(j, lo, hi, s, buf, d, sor, euler, res);
+            if (split) barrier();
+        }
+        live = 0;
+        for (int col = 0; col < width; col++) {
+            back[col] = 0;
+            if (mode[col] == DONE) continue;
+            float r = res[col];
+            for (int q = 0; split && q < nt; q++) {
+                const float other = j->res[q * RES_STRIDE + col];
+                r = other > r ? other : r;
+            }
+            work[col]++;
+            const int converged = r <= a->tol;
+            if (mode[col] == EULER) {
+                back[col] = !converged;
+                mode[col] = converged ? DONE : (r < leave[col] ? SWEEP : EULER);
+            } else if (mode[col] == SWEEP) {
+                mode[col] = converged ? CHECK : SWEEP;
+            } else {
+                mode[col] = converged ? DONE : SWEEP;
+            }
+            if (mode[col] != DONE && work[col] >= a->max_work) {
+                mode[col] = DONE;
+                capped[col] = 1;
+            }
+            live += mode[col] != DONE;
+        }
+        if (euler) {
+            for (int g = 0; g < p->n_segments; g++) {
+                int lo, hi;
+                segment_tiles(j, g, tid, nt, &lo, &hi);
+                if (lo == hi) continue;
+                const int64_t r0 = j->t->row[lo], r1 = j->t->row[hi - 1] + j->t->rows[hi - 1];
+                for (int64_t row = r0; row < r1; row++)
+                    for (int col = 0; col < width; col++)
+                        if (back[col]) s[row * width + col] = buf[row * width + col];
+            }
+        }
+        if (split) barrier();
+    }
+    if (tid == 0 || !split) {
+        for (int col = 0; col < width && c * width + col < a->batch; col++) {
+            j->work[c * width + col] = work[col];
+            j->capped[c * width + col] = capped[col];
+        }
+    }
+}
+
+CLONES void eqp_converge_worker(const struct converge_job *j, int tid, int nt)
+{
+    if (j->by_strips) {
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int c = 0; c < j->p->strips; c++) converge_strip(j, c, tid, nt);
+    } else {
+        for (int c = 0; c < j->p->strips; c++) converge_strip(j, c, tid, nt);
+    }
+}
+
+/*
+ * Converged free phase from the state in s (strips x hidden x width), buf as scratch; the
+ * result is left in s, the passes per column in work and the unconverged-at-the-cap flags
+ * in capped (both batch entries). Returns the threads used, or -1 when out of memory.
+ */
+int eqp_converge(const struct eqp_plan *p, const struct eqp_converge_args *a, float *s,
+                 float *buf, const float *drive, int32_t *work, int32_t *capped, int threads)
+{
+    struct tiles t;
+    if (make_tiles(p, &t)) return -1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads < 1) threads = 1;
+    int nt = threads, by_strips = 1;
+    if (p->strips < threads) {
+        nt = row_threads(p, &t, threads);
+        by_strips = nt == 1;
+        if (by_strips) nt = p->strips < threads ? p->strips : threads;
+    }
+    int32_t *bound = malloc(sizeof(int32_t) * (size_t)p->n_segments * (nt + 1));
+    float *res = malloc(sizeof(float) * (size_t)nt * RES_STRIDE);
+    if (!bound || !res) {
+        free(bound);
+        free(res);
+        free_tiles(&t);
+        return -1;
+    }
+    for (int g = 0; g < p->n_segments; g++)
+        split_tiles(&t, t.first[g], t.first[g + 1], by_strips ? 1 : nt, bound + g * (nt + 1));
+    struct converge_job job = {p, &t, a, s, buf, drive, work, capped, by_strips, bound, res};
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    eqp_converge_worker(&job, THREAD_ID(), TEAM_SIZE());
+#else
+    nt = 1;
+    eqp_converge_worker(&job, 0, 1);
+#endif
+    free(bound);
+    free(res);
+    free_tiles(&t);
+    return nt;
+}
+
 static struct PyModuleDef settle_module = {
-    PyModuleDef_HEAD_INIT, "_settle", "Fused Euler steps, called through ctypes (eqp.native).",
+    PyModuleDef_HEAD_INIT, "_settle", "Fused settling kernels, called through ctypes (eqp.native).",
     0, NULL, NULL, NULL, NULL, NULL,
 };
 

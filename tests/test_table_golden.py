@@ -1,0 +1,89 @@
+"""Table 1's three files reproduce the golden files of the hand-written writers.
+
+``tests/data/table1_golden.{csv,md,tex}`` were written by the hand-written CSV, Markdown and
+LaTeX writers of ``eqp/table.py`` (before Table 1 became a pandas DataFrame) from
+:func:`synthetic_trials.golden_table_records`. The comparison is by content: CSV numbers
+exactly (as floats, so that ``0.1`` and ``0.10`` would agree but no rounding would), every
+Markdown and LaTeX cell as text, each column's alignment, the LaTeX column format and rules,
+and the lines around the table. Whitespace padding inside the Markdown table is not compared:
+pandas pads cells to the column width, the old writer did not.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+from synthetic_trials import golden_table_records
+
+from eqp.table import build_table1, write_table1
+
+GOLDEN = Path(__file__).resolve().parent / "data"
+
+
+def csv_cells(path: Path) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))
+
+
+def same_csv_cell(ours: str, golden: str) -> bool:
+    try:
+        return float(ours) == float(golden)
+    except ValueError:
+        return ours == golden
+
+
+def markdown_parts(path: Path) -> tuple[list[str], list[str], list[list[str]]]:
+    """The lines outside the table, each column's alignment, and the header and body cells."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    table = [line for line in lines if line.startswith("|")]
+    other = [line for line in lines if not line.startswith("|")]
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table]
+    rule = rows.pop(1)
+    assert all(re.fullmatch(r":?-{3,}:?", cell) for cell in rule), rule
+    alignment = ["right" if cell.endswith(":") else "left" for cell in rule]
+    return other, alignment, rows
+
+
+def latex_parts(path: Path) -> tuple[list[str], list[list[str]]]:
+    """The lines that are not table rows (comment, tabular, rules) and the cells of each row."""
+    lines = path.read_text(encoding="utf-8").rstrip("\n").split("\n")
+    rows = [line for line in lines if line.endswith(r"\\")]
+    other = [line for line in lines if not line.endswith(r"\\")]
+    cells = [[cell.strip() for cell in row.removesuffix(r"\\").split(" & ")] for row in rows]
+    return other, cells
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("golden")
+    paths = {ext: root / "out" / f"table1.{ext}" for ext in ("csv", "md", "tex")}
+    write_table1(build_table1(golden_table_records(root / "trials")), *paths.values())
+    return paths
+
+
+def test_csv_matches_the_golden_file(written: dict[str, Path]) -> None:
+    ours, golden = csv_cells(written["csv"]), csv_cells(GOLDEN / "table1_golden.csv")
+    assert ours[0] == golden[0]
+    assert len(ours) == len(golden)
+    for row, (our_row, golden_row) in enumerate(zip(ours[1:], golden[1:], strict=True), 1):
+        for column, our_cell, golden_cell in zip(golden[0], our_row, golden_row, strict=True):
+            assert same_csv_cell(our_cell, golden_cell), (row, column, our_cell, golden_cell)
+    empty = [cell == "" for row in golden[1:] for cell in row]
+    assert any(empty), "the golden CSV should hold missing values, as empty cells"
+
+
+def test_markdown_matches_the_golden_file(written: dict[str, Path]) -> None:
+    ours = markdown_parts(written["md"])
+    golden = markdown_parts(GOLDEN / "table1_golden.md")
+    assert ours[0] == golden[0]
+    assert ours[1] == golden[1]
+    assert ours[2] == golden[2]
+
+
+def test_latex_matches_the_golden_file(written: dict[str, Path]) -> None:
+    ours, golden = latex_parts(written["tex"]), latex_parts(GOLDEN / "table1_golden.tex")
+    assert ours[0] == golden[0]
+    assert ours[1] == golden[1]

@@ -5,20 +5,21 @@ The table reads only trial folders (through :mod:`eqp.records`) and the publishe
 standard deviation (``ddof=1``); a single seed shows its value alone. Errors are percentages for
 classification data sets and mean costs for diabetes (a regression task), in the CSV as well, so
 that a CSV column never mixes units silently: its ``units`` column says which.
+
+The table is a :class:`pandas.DataFrame` with one row per trial; pandas writes its CSV (raw
+numbers), and a frame of display strings gives the Markdown and LaTeX versions.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from eqp.records import TrialRecord, atomic_write_text
 
@@ -48,6 +49,9 @@ TABLE1_FIELDS = (
     "paper_log_spread",
     "diff_log_spread",
 )
+FLOAT_FIELDS = tuple(
+    field for field in TABLE1_FIELDS if field.endswith(("_mean", "_sd")) or "error" in field
+) + ("paper_log_spread", "diff_log_spread")
 
 
 class MissingTrialsError(LookupError):
@@ -137,11 +141,12 @@ def _row(trial: str, records: Sequence[TrialRecord], published: Mapping[str, Any
 
 def build_table1(
     records: Mapping[str, Sequence[TrialRecord]], paper: Mapping[str, Any] | None = None
-) -> list[dict[str, Any]]:
+) -> pd.DataFrame:
     """One row per Table 1 trial, in the paper's order, with our mean ± sd beside the paper's.
 
     ``records`` maps a trial name to the finished folders of its seeds. Every trial of the
     paper's table must be present; extra trials (e.g. mnist_3layer_mlffpl) are ignored.
+    Missing values (no sd for one seed, a log-spread the paper does not report) are NaN.
     """
     published = load_published() if paper is None else paper
     order = list(published["table1_order"])
@@ -151,21 +156,35 @@ def build_table1(
             f"Table 1 needs finished folders for {len(missing)} trial(s) that were not given: "
             + ", ".join(missing)
         )
-    return [_row(trial, list(records[trial]), published) for trial in order]
+    return table1_frame([_row(trial, list(records[trial]), published) for trial in order])
+
+
+def table1_frame(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Table 1 as a frame with its columns in order and typed: floats (NaN where missing),
+    counts as integers, the paper's epoch count as a nullable integer."""
+    frame = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
+    absent = [field for field in TABLE1_FIELDS if field not in frame.columns]
+    if absent:
+        raise ValueError(
+            f"a Table 1 frame lacks the column(s) {', '.join(absent)}; build it with build_table1"
+        )
+    frame = frame.loc[:, list(TABLE1_FIELDS)]
+    types = {field: "float64" for field in FLOAT_FIELDS}
+    return frame.astype({**types, "n_seeds": "int64", "paper_epochs_run": "Int64"})
 
 
 def _decimals(units: str) -> int:
     return 2 if units == "% error" else 4
 
 
-def _number(value: float | None, decimals: int, signed: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _number(value: Any, decimals: int, signed: bool = False) -> str:
+    if pd.isna(value):
         return "–"
     return f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
 
 
-def _mean_pm_sd(mean: float, sd: float | None, decimals: int, pm: str) -> str:
-    if sd is None:
+def _mean_pm_sd(mean: float, sd: float, decimals: int, pm: str) -> str:
+    if pd.isna(sd):
         return _number(mean, decimals)
     return f"{_number(mean, decimals)}{pm}{_number(sd, decimals)}"
 
@@ -173,13 +192,14 @@ def _mean_pm_sd(mean: float, sd: float | None, decimals: int, pm: str) -> str:
 def _display_cells(row: Mapping[str, Any], pm: str) -> list[str]:
     """The human-readable cells of one row (Markdown and LaTeX share them)."""
     error_decimals = _decimals(row["units"])
+    paper_epochs = "–" if pd.isna(row["paper_epochs_run"]) else row["paper_epochs_run"]
     cells = [
         row["trial"],
         row["dataset"],
         row["layer_sizes"],
         row["topology"],
         row["units"],
-        f"{row['epochs_run']} / {row['paper_epochs_run']}",
+        f"{row['epochs_run']} / {paper_epochs}",
     ]
     for quantity, decimals in (
         ("train_error", error_decimals),
@@ -220,79 +240,78 @@ NOTE = (
 )
 
 
-def table1_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+TEXT_COLUMNS = 6  # the leading display columns that are text (left-aligned); numbers follow
+
+
+def display_frame(table: pd.DataFrame, pm: str = " ± ") -> pd.DataFrame:
+    """The table as display strings under the reader-facing headers; '–' marks a missing value."""
+    cells = [_display_cells(row, pm) for row in table.to_dict("records")]
+    return pd.DataFrame(cells, columns=list(DISPLAY_HEADER), dtype=str)
+
+
+def _preset_list(table: pd.DataFrame) -> str:
+    return ", ".join(sorted(set(table["preset"])))
+
+
+def table1_csv_text(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> str:
     """Raw numbers at full precision; empty cells where a value does not exist."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(TABLE1_FIELDS)
-    for row in rows:
-        writer.writerow(
-            ["" if row[field] is None else _csv_cell(row[field]) for field in TABLE1_FIELDS]
-        )
-    return out.getvalue()
+    return table1_frame(rows).to_csv(index=False, lineterminator="\n", na_rep="")
 
 
-def _csv_cell(value: Any) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
+def table1_markdown_text(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> str:
+    table = table1_frame(rows)
+    alignment = ["left"] * TEXT_COLUMNS + ["right"] * (len(DISPLAY_HEADER) - TEXT_COLUMNS)
+    body = display_frame(table).to_markdown(
+        index=False, tablefmt="pipe", colalign=alignment, disable_numparse=True
+    )
+    return "\n".join([f"Table 1 (preset: {_preset_list(table)})", "", body, "", NOTE, ""])
 
 
-def table1_markdown_text(rows: Sequence[Mapping[str, Any]]) -> str:
-    presets = sorted({row["preset"] for row in rows})
-    lines = [
-        f"Table 1 (preset: {', '.join(presets)})",
-        "",
-        "| " + " | ".join(DISPLAY_HEADER) + " |",
-        "|" + "|".join("---" if i < 6 else "---:" for i in range(len(DISPLAY_HEADER))) + "|",
-    ]
-    lines += ["| " + " | ".join(_display_cells(row, " ± ")) + " |" for row in rows]
-    lines += ["", NOTE, ""]
-    return "\n".join(lines)
-
-
-_LATEX_SPECIALS = {
-    "\\": r"\textbackslash{}",
-    "_": r"\_",
-    "%": r"\%",
-    "&": r"\&",
-    "#": r"\#",
-    "$": r"\$",
-    "{": r"\{",
-    "}": r"\}",
-    "Δ": r"$\Delta$",
-    "±": r"$\pm$",
-    "−": r"$-$",
-    "–": "--",
-}
+_LATEX_SPECIALS = str.maketrans(
+    {
+        "\\": r"\textbackslash{}",
+        "_": r"\_",
+        "%": r"\%",
+        "&": r"\&",
+        "#": r"\#",
+        "$": r"\$",
+        "{": r"\{",
+        "}": r"\}",
+        "Δ": r"$\Delta$",
+        "±": r"$\pm$",
+        "−": r"$-$",
+        "–": "--",
+    }
+)
 
 
 def latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIALS.get(char, char) for char in text)
+    """LaTeX's special characters escaped, and the table's Unicode symbols as math."""
+    return str(text).translate(_LATEX_SPECIALS)
 
 
-def table1_latex_text(rows: Sequence[Mapping[str, Any]]) -> str:
+def table1_latex_text(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> str:
     """A booktabs tabular (needs \\usepackage{booktabs}); no float, so callers choose one."""
-    presets = sorted({row["preset"] for row in rows})
-    lines = [
-        f"% Table 1, preset: {', '.join(presets)}. {latex_escape(NOTE)}",
-        r"\begin{tabular}{llllll" + "r" * (len(DISPLAY_HEADER) - 6) + "}",
-        r"\toprule",
-        " & ".join(latex_escape(cell) for cell in DISPLAY_HEADER) + r" \\",
-        r"\midrule",
-    ]
-    lines += [
-        " & ".join(latex_escape(cell) for cell in _display_cells(row, "±")) + r" \\" for row in rows
-    ]
-    lines += [r"\bottomrule", r"\end{tabular}", ""]
-    return "\n".join(lines)
+    table = table1_frame(rows)
+    styler = display_frame(table, pm="±").style.hide(axis="index")
+    styler = styler.format(latex_escape).format_index(latex_escape, axis=1)
+    tabular = styler.to_latex(
+        column_format="l" * TEXT_COLUMNS + "r" * (len(DISPLAY_HEADER) - TEXT_COLUMNS),
+        hrules=True,
+    )
+    return f"% Table 1, preset: {_preset_list(table)}. {latex_escape(NOTE)}\n{tabular}"
 
 
 def write_table1(
-    rows: Sequence[Mapping[str, Any]],
+    rows: pd.DataFrame | Sequence[Mapping[str, Any]],
     csv_path: str | os.PathLike,
     md_path: str | os.PathLike,
     tex_path: str | os.PathLike,
 ) -> None:
-    """Write the CSV (raw numbers), Markdown and LaTeX versions, each atomically."""
-    atomic_write_text(csv_path, table1_csv_text(rows))
-    atomic_write_text(md_path, table1_markdown_text(rows))
-    atomic_write_text(tex_path, table1_latex_text(rows))
+    """Write the CSV (raw numbers), Markdown and LaTeX versions, each atomically.
+
+    ``rows`` is the frame of :func:`build_table1` (or its rows as mappings)."""
+    table = table1_frame(rows)
+    atomic_write_text(csv_path, table1_csv_text(table))
+    atomic_write_text(md_path, table1_markdown_text(table))
+    atomic_write_text(tex_path, table1_latex_text(table))

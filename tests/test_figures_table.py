@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from synthetic_trials import fig2_fig3_records, fig5_records, sweep_records, table_records
+from table_files import csv_records, markdown_records
 
 from eqp import figures
 from eqp.table import MissingTrialsError, build_table1, load_published, write_table1
@@ -61,10 +62,11 @@ def test_table1_rows_in_paper_order_with_paper_values(tmp_path: Path) -> None:
     published = load_published()
     records = table_records(tmp_path)
     records["mnist_3layer_mlffpl"] = records["mnist_3layer_mlff"]
-    rows = build_table1(dict(reversed(list(records.items()))), published)
+    table = build_table1(dict(reversed(list(records.items()))), published)
 
-    assert [row["trial"] for row in rows] == published["table1_order"]
-    for index, row in enumerate(rows):
+    assert isinstance(table, pd.DataFrame)
+    assert table["trial"].tolist() == published["table1_order"]
+    for index, row in enumerate(table.to_dict("records")):
         final = published["trials"][row["trial"]]["final"]
         scale = 1.0 if row["dataset"] == "diabetes" else 100.0
         assert row["units"] == ("mean cost" if scale == 1.0 else "% error")
@@ -79,51 +81,73 @@ def test_table1_rows_in_paper_order_with_paper_values(tmp_path: Path) -> None:
         assert row["paper_train_error"] == pytest.approx(final["train_error"] * scale)
         assert row["diff_train_error"] == pytest.approx(train_mean - final["train_error"] * scale)
         if final["log_spread"] is None:
-            assert row["paper_log_spread"] is None and row["diff_log_spread"] is None
+            assert pd.isna(row["paper_log_spread"]) and pd.isna(row["diff_log_spread"])
         else:
             assert row["diff_log_spread"] == pytest.approx(0.6 - final["log_spread"])
 
-    by_trial = {row["trial"]: row for row in rows}
-    assert by_trial["diabetes_5layer_mlff"]["layer_sizes"] == "3-2-2-1"
-    assert by_trial["wine_5layer_mlff"]["topology"] == "MLFF"
-    assert by_trial["wine_5layer_swni"]["topology"] == "SW (p=0.1)"
-    assert by_trial["mnist_3layer_mlff"]["paper_test_error"] == pytest.approx(2.87)
+    by_trial = table.set_index("trial")
+    assert by_trial.loc["diabetes_5layer_mlff", "layer_sizes"] == "3-2-2-1"
+    assert by_trial.loc["wine_5layer_mlff", "topology"] == "MLFF"
+    assert by_trial.loc["wine_5layer_swni", "topology"] == "SW (p=0.1)"
+    assert by_trial.loc["mnist_3layer_mlff", "paper_test_error"] == pytest.approx(2.87)
 
 
 def test_table1_single_seed_has_no_sd(tmp_path: Path) -> None:
     records = {trial: seeds[:1] for trial, seeds in table_records(tmp_path).items()}
-    rows = build_table1(records, load_published())
-    assert all(row["n_seeds"] == 1 and row["train_error_sd"] is None for row in rows)
-    write_table1(rows, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.tex")
+    table = build_table1(records, load_published())
+    assert (table["n_seeds"] == 1).all() and table["train_error_sd"].isna().all()
+    write_table1(table, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.tex")
     assert "±" not in (tmp_path / "t.md").read_text().split("Ours:")[0]
+    assert {row["train_error_sd"] for row in csv_records(tmp_path / "t.csv")} == {""}
 
 
 def test_table1_writers(tmp_path: Path) -> None:
-    rows = build_table1(table_records(tmp_path / "trials"))
+    table = build_table1(table_records(tmp_path / "trials"))
     paths = [tmp_path / "out" / name for name in ("table1.csv", "table1.md", "table1.tex")]
-    write_table1(rows, *paths)
+    write_table1(table, *paths)
 
-    with open(paths[0], newline="") as handle:
-        csv_rows = list(csv.DictReader(handle))
+    csv_rows = csv_records(paths[0])
     assert [r["trial"] for r in csv_rows] == load_published()["table1_order"]
-    assert float(csv_rows[0]["train_error_mean"]) == rows[0]["train_error_mean"]
+    assert float(csv_rows[0]["train_error_mean"]) == table["train_error_mean"].iloc[0]
     mnist = next(r for r in csv_rows if r["trial"] == "mnist_3layer_mlff")
     assert mnist["paper_log_spread"] == "" and mnist["units"] == "% error"
 
     markdown = paths[1].read_text()
-    wine_cells = (
-        "wine_5layer_mlff | wine | 3-2-2-2 | MLFF | % error | 2 / 10 | 15.00 ± 1.41 | 68.00"
-    )
-    assert f"| {wine_cells} | -53.00 |" in markdown
-    assert "| 0.1100 ± 0.0141 | 0.0326 | +0.0774 |" in markdown
-    assert "| diabetes_5layer_mlff | diabetes | 3-2-2-1 | MLFF | mean cost | 2 / 10 |" in markdown
+    cells = {row["Trial"]: row for row in markdown_records(paths[1])}
+    assert list(cells) == load_published()["table1_order"]
+    wine = cells["wine_5layer_mlff"]
+    assert [wine[h] for h in ("Data set", "Layer sizes", "Topology", "Units")] == [
+        "wine",
+        "3-2-2-2",
+        "MLFF",
+        "% error",
+    ]
+    assert (wine["Epochs (ours / paper)"], wine["Train (ours)"]) == ("2 / 10", "15.00 ± 1.41")
+    assert (wine["Train (paper)"], wine["Train Δ"]) == ("68.00", "-53.00")
+    diabetes = cells["diabetes_5layer_mlff"]
+    assert (diabetes["Units"], diabetes["Train (ours)"]) == ("mean cost", "0.1100 ± 0.0141")
+    assert (diabetes["Train (paper)"], diabetes["Train Δ"]) == ("0.0326", "+0.0774")
+    assert cells["mnist_3layer_mlff"]["Log-spread (paper)"] == "–"
+    assert markdown.startswith("Table 1 (preset: demo)")
 
     latex = paths[2].read_text()
     assert r"\toprule" in latex and r"\bottomrule" in latex and r"\midrule" in latex
     assert r"diabetes\_5layer\_mlff" in latex and r"$\pm$" in latex
     assert "_5layer" not in latex.replace(r"\_5layer", "")
     for trial in load_published()["table1_order"]:
-        assert trial in markdown and trial.replace("_", r"\_") in latex
+        assert trial.replace("_", r"\_") in latex
+
+
+def test_table1_writers_accept_rows_as_mappings(tmp_path: Path) -> None:
+    table = build_table1(table_records(tmp_path / "trials"))
+    as_frame = [tmp_path / "frame" / f"t.{ext}" for ext in ("csv", "md", "tex")]
+    as_rows = [tmp_path / "rows" / f"t.{ext}" for ext in ("csv", "md", "tex")]
+    write_table1(table, *as_frame)
+    write_table1(table.to_dict("records"), *as_rows)
+    for frame_path, rows_path in zip(as_frame, as_rows, strict=True):
+        assert frame_path.read_text() == rows_path.read_text()
+    with pytest.raises(ValueError, match="lacks the column.*paper_test_error.*build_table1"):
+        write_table1(table.drop(columns="paper_test_error"), *as_rows)
 
 
 def test_table1_missing_trials_are_named(tmp_path: Path) -> None:

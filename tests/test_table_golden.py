@@ -11,49 +11,15 @@ pandas pads cells to the column width, the old writer did not.
 
 from __future__ import annotations
 
-import csv
-import re
 from pathlib import Path
 
 import pytest
 from synthetic_trials import golden_table_records
+from table_files import csv_cells, latex_parts, markdown_parts, same_csv_cell
 
 from eqp.table import build_table1, write_table1
 
 GOLDEN = Path(__file__).resolve().parent / "data"
-
-
-def csv_cells(path: Path) -> list[list[str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.reader(handle))
-
-
-def same_csv_cell(ours: str, golden: str) -> bool:
-    try:
-        return float(ours) == float(golden)
-    except ValueError:
-        return ours == golden
-
-
-def markdown_parts(path: Path) -> tuple[list[str], list[str], list[list[str]]]:
-    """The lines outside the table, each column's alignment, and the header and body cells."""
-    lines = path.read_text(encoding="utf-8").split("\n")
-    table = [line for line in lines if line.startswith("|")]
-    other = [line for line in lines if not line.startswith("|")]
-    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table]
-    rule = rows.pop(1)
-    assert all(re.fullmatch(r":?-{3,}:?", cell) for cell in rule), rule
-    alignment = ["right" if cell.endswith(":") else "left" for cell in rule]
-    return other, alignment, rows
-
-
-def latex_parts(path: Path) -> tuple[list[str], list[list[str]]]:
-    """The lines that are not table rows (comment, tabular, rules) and the cells of each row."""
-    lines = path.read_text(encoding="utf-8").rstrip("\n").split("\n")
-    rows = [line for line in lines if line.endswith(r"\\")]
-    other = [line for line in lines if not line.endswith(r"\\")]
-    cells = [[cell.strip() for cell in row.removesuffix(r"\\").split(" & ")] for row in rows]
-    return other, cells
 
 
 @pytest.fixture(scope="module")

@@ -55,6 +55,8 @@ def write_trial(
     train_error: float | None = None,
     test_error: float | None = None,
     log_spread: float | None = None,
+    extra_settings: dict[str, Any] | None = None,
+    extra_summary: dict[str, Any] | None = None,
 ) -> TrialRecord:
     """A plausible finished trial folder: errors decay, deeper pairs learn more slowly."""
     rng = np.random.default_rng(seed + 1000 * len(trial))
@@ -133,6 +135,7 @@ def write_trial(
                 "batch_size": 20,
                 "epochs": epochs,
                 "seed": seed,
+                **(extra_settings or {}),
             },
             "epochs_run": epochs,
             "initial_test_error": float(test[0]),
@@ -143,6 +146,7 @@ def write_trial(
             "layer_rate_means": [float(v) for v in pair_means],
             "seconds": 10.0,
             "versions": {"python": "3.11", "eqp": "0.1.0"},
+            **(extra_summary or {}),
         },
     )
     return TrialRecord.open(folder)
@@ -191,8 +195,8 @@ def sweep_records(root: Path, seeds: int = 1, **kwargs: Any) -> list[TrialRecord
     ]
 
 
-def table_records(root: Path) -> dict[str, list[TrialRecord]]:
-    """Two seeds of each Table 1 trial with known final numbers."""
+def table_records(root: Path, epochs: int = 2, **kwargs: Any) -> dict[str, list[TrialRecord]]:
+    """Two seeds of each Table 1 trial with known final numbers (``kwargs`` go to write_trial)."""
     published = load_published()
     records = {}
     for index, trial in enumerate(published["table1_order"]):
@@ -206,11 +210,12 @@ def table_records(root: Path) -> dict[str, list[TrialRecord]]:
                 dataset=settings["dataset"],
                 network_type=settings["network_type"],
                 p=settings["bypass_p"],
-                epochs=2,
+                epochs=epochs,
                 batches=2,
                 train_error=0.10 + 0.01 * index + 0.02 * seed,
                 test_error=0.20 + 0.01 * index + 0.04 * seed,
                 log_spread=0.5 + 0.2 * seed,
+                **kwargs,
             )
             for seed in (0, 1)
         ]

@@ -11,6 +11,7 @@ from synthetic_trials import fig2_fig3_records, fig5_records, sweep_records, tab
 from table_files import csv_records, markdown_records
 
 from eqp import figures
+from eqp.published import load_published_curves, published_error
 from eqp.table import MissingTrialsError, build_table1, load_published, write_table1
 
 
@@ -63,6 +64,7 @@ def test_table1_rows_in_paper_order_with_paper_values(tmp_path: Path) -> None:
     records = table_records(tmp_path)
     records["mnist_3layer_mlffpl"] = records["mnist_3layer_mlff"]
     table = build_table1(dict(reversed(list(records.items()))), published)
+    curves = load_published_curves()
 
     assert isinstance(table, pd.DataFrame)
     assert table["trial"].tolist() == published["table1_order"]
@@ -79,7 +81,11 @@ def test_table1_rows_in_paper_order_with_paper_values(tmp_path: Path) -> None:
         assert row["log_spread_mean"] == pytest.approx(0.6)
         assert row["log_spread_sd"] == pytest.approx(0.2 / math.sqrt(2))
         assert row["paper_train_error"] == pytest.approx(final["train_error"] * scale)
-        assert row["diff_train_error"] == pytest.approx(train_mean - final["train_error"] * scale)
+        curve = curves["trials"][row["trial"]]
+        for split, mean in (("train", train_mean), ("test", (0.22 + 0.01 * index) * scale)):
+            at_epoch = curve[f"{split}_error"][1] * scale  # our runs: 2 epochs
+            assert row[f"published_{split}_error_at_epoch"] == at_epoch
+            assert row[f"diff_{split}_error"] == pytest.approx(mean - at_epoch)
         if final["log_spread"] is None:
             assert pd.isna(row["paper_log_spread"]) and pd.isna(row["diff_log_spread"])
         else:
@@ -123,12 +129,20 @@ def test_table1_writers(tmp_path: Path) -> None:
         "% error",
     ]
     assert (wine["Epochs (ours / paper)"], wine["Train (ours)"]) == ("2 / 10", "15.00 ± 1.41")
-    assert (wine["Train (paper)"], wine["Train Δ"]) == ("68.00", "-53.00")
+    # wine_5layer_mlff's published run: 68.00% training error at epoch 10, 66.67% at epoch 2
+    assert (wine["Train (paper)"], wine["Train (published @ our epoch)"]) == ("68.00", "66.67")
+    assert (wine["Train Δ"], wine["Examples (train / test)"]) == ("-51.67", "140 / 20")
     diabetes = cells["diabetes_5layer_mlff"]
     assert (diabetes["Units"], diabetes["Train (ours)"]) == ("mean cost", "0.1100 ± 0.0141")
-    assert (diabetes["Train (paper)"], diabetes["Train Δ"]) == ("0.0326", "+0.0774")
+    assert (diabetes["Train (paper)"], diabetes["Train (published @ our epoch)"]) == (
+        "0.0326",
+        "0.0328",
+    )
+    assert (diabetes["Train Δ"], diabetes["Log-spread Δ"]) == ("+0.0772", "-0.485")
     assert cells["mnist_3layer_mlff"]["Log-spread (paper)"] == "–"
-    assert markdown.startswith("Table 1 (preset: demo)")
+    assert cells["mnist_3layer_mlff"]["Examples (train / test)"] == "60000 / 10000"
+    assert markdown.startswith("Table 1 (preset: demo; settle: euler)\n")
+    assert "Δ = ours − published @ our epoch" in markdown
 
     latex = paths[2].read_text()
     assert r"\toprule" in latex and r"\bottomrule" in latex and r"\midrule" in latex
@@ -163,3 +177,80 @@ def test_table1_rejects_a_folder_of_another_trial(tmp_path: Path) -> None:
     records["wine_5layer_mlff"] = records["wine_8layer_mlff"]
     with pytest.raises(ValueError, match="wine_8layer_mlff"):
         build_table1(records, load_published())
+
+
+def test_table1_compares_at_our_epoch_and_leaves_unpublished_epochs_missing(
+    tmp_path: Path,
+) -> None:
+    """12 epochs: past the 10 published for diabetes and wine, within MNIST's 100."""
+    table = build_table1(table_records(tmp_path / "trials", epochs=12)).set_index("trial")
+    for trial in ("diabetes_5layer_mlff", "wine_8layer_swni"):
+        row = table.loc[trial]
+        assert published_error(trial, 12, "test") is None
+        at_epoch = ["published_train_error_at_epoch", "published_test_error_at_epoch"]
+        assert row[at_epoch].isna().all()
+        assert pd.isna(row["diff_train_error"]) and pd.isna(row["diff_test_error"])
+        assert not pd.isna(row["paper_test_error"]) and not pd.isna(row["diff_log_spread"])
+    mnist = table.loc["mnist_5layer_swni"]
+    assert mnist["published_test_error_at_epoch"] == 100.0 * published_error(
+        "mnist_5layer_swni", 12, "test"
+    )
+
+    paths = [tmp_path / f"t.{ext}" for ext in ("csv", "md", "tex")]
+    write_table1(table.reset_index(), *paths)
+    wine_csv = next(r for r in csv_records(paths[0]) if r["trial"] == "wine_8layer_swni")
+    for column in ("published_test_error_at_epoch", "diff_test_error", "diff_train_error"):
+        assert wine_csv[column] == ""
+    assert float(wine_csv["paper_test_error"]) == pytest.approx(56.0)
+    wine_md = next(r for r in markdown_records(paths[1]) if r["Trial"] == "wine_8layer_swni")
+    assert wine_md["Test (published @ our epoch)"] == "–" and wine_md["Test Δ"] == "–"
+    assert wine_md["Test (paper)"] == "56.00"
+    assert "0.00" not in (wine_md["Test Δ"], wine_md["Train Δ"])
+    assert r"Test $\Delta$" in paths[2].read_text()
+
+
+def test_table1_seeds_with_different_epoch_counts_have_no_single_published_epoch(
+    tmp_path: Path,
+) -> None:
+    records = table_records(tmp_path / "two", epochs=2)
+    records["wine_5layer_mlff"] = [
+        *records["wine_5layer_mlff"][:1],
+        *table_records(tmp_path / "three", epochs=3)["wine_5layer_mlff"][1:],
+    ]
+    row = build_table1(records).set_index("trial").loc["wine_5layer_mlff"]
+    assert row["epochs_run"] == "2/3"
+    assert pd.isna(row["published_test_error_at_epoch"]) and pd.isna(row["diff_test_error"])
+
+
+def test_table1_names_the_settle_method_and_the_data_used(tmp_path: Path) -> None:
+    sor = {"settle": "sor", "settle_tol": 1e-5, "settle_max_steps": 500, "train_examples": 500}
+    records = table_records(
+        tmp_path / "trials",
+        extra_settings=sor,
+        extra_summary={"batches_per_epoch": {"train": 25, "test": 10}},
+    )
+    table = build_table1(records)
+    assert set(table["settle"]) == {"sor (tol 1e-05)"}
+    assert set(table["train_examples"]) == {500} and set(table["test_examples"]) == {200}
+    paths = [tmp_path / f"t.{ext}" for ext in ("csv", "md", "tex")]
+    write_table1(table, *paths)
+    assert paths[1].read_text().startswith("Table 1 (preset: demo; settle: sor (tol 1e-05))")
+    assert paths[2].read_text().startswith("% Table 1, preset: demo; settle: sor (tol 1e-05).")
+    assert {r["Examples (train / test)"] for r in markdown_records(paths[1])} == {"500 / 200"}
+
+    # Without recorded batch counts the settings cut the data set: 500 // 20 batches of 20.
+    old = build_table1(table_records(tmp_path / "old", extra_settings={"train_examples": 500}))
+    mnist = old.set_index("trial").loc["mnist_3layer_mlff"]
+    assert (mnist["settle"], mnist["train_examples"], mnist["test_examples"]) == (
+        "euler",
+        500,
+        10000,
+    )
+
+
+def test_table1_rejects_seeds_settled_differently(tmp_path: Path) -> None:
+    records = table_records(tmp_path / "euler")
+    sor = table_records(tmp_path / "sor", extra_settings={"settle": "sor", "settle_tol": 1e-4})
+    records["wine_5layer_swni"] = [records["wine_5layer_swni"][0], sor["wine_5layer_swni"][1]]
+    with pytest.raises(ValueError, match=r"wine_5layer_swni disagree on settle.*sor \(tol"):
+        build_table1(records)

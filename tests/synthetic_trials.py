@@ -179,12 +179,16 @@ def fig5_records(root: Path, **kwargs: Any) -> dict[str, TrialRecord]:
     }
 
 
-def sweep_records(root: Path, seeds: int = 1, **kwargs: Any) -> list[TrialRecord]:
-    ps = [0.0, *np.logspace(-4, 0, 9)]
+def sweep_records(
+    root: Path, seeds: int = 1, trial: str = "mnist_5layer_swni", **kwargs: Any
+) -> list[TrialRecord]:
+    """Sweep folders of ``trial`` (the published sweep's base by default) at p = 0 and the
+    paper's 31-point grid thinned to every third value: some published, some not."""
+    ps = [0.0, *np.logspace(-4, 0, 30)[::3]]
     return [
         write_trial(
             root / f"sweep_p{p:.6f}_s{seed}",
-            "mnist_5layer_sweep",
+            trial,
             seed,
             network_type="SW_no_intra",
             p=float(p),

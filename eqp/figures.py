@@ -38,7 +38,7 @@ from eqp.published import (
     sweep_base,
 )
 from eqp.records import TrialRecord, atomic_write_bytes
-from eqp.table import data_label, error_scale, joined, settle_label
+from eqp.table import data_label, dataset_name, error_scale, joined, settle_label
 
 TrialLike = TrialRecord | str | os.PathLike
 Seeds = TrialLike | Sequence[TrialLike]
@@ -255,8 +255,9 @@ def build_fig2(records: Mapping[str, Seeds], preset: str | None = None) -> Figur
         for split, style in SPLIT_STYLES
     ]
     fig.legend(handles=handles, fontsize=8, loc="outside right upper")
+    datasets = joined(dataset_name(r.summary["settings"]["dataset"]) for r in all_records)
     fig.suptitle(
-        "Fig. 2: MNIST error rate per epoch, ours and the published runs\n"
+        f"Fig. 2: {datasets} error rate per epoch, ours and the published runs\n"
         + _run_text(all_records, preset),
         fontsize=10,
     )

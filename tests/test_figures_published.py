@@ -69,6 +69,9 @@ def test_fig2_draws_the_published_runs_at_our_epochs(tmp_path: Path) -> None:
     assert "ours: test" in texts
     # Our axis spans our three epochs, not the published hundreds.
     assert fig.axes[0].get_xlim()[1] < 4
+    assert fig.get_suptitle().startswith(
+        "Fig. 2: MNIST error rate per epoch, ours and the published"
+    )
 
 
 def test_fig2_epoch_zero_and_a_run_longer_than_the_published_one(tmp_path: Path) -> None:

@@ -1,28 +1,39 @@
 """Table 1: final errors and log-spread of every named trial, beside the paper's numbers.
 
-The table reads only trial folders (through :mod:`eqp.records`) and the published numbers in
-``published_runs.json``. Several seeds of one trial are summarised as mean and *sample*
-standard deviation (``ddof=1``); a single seed shows its value alone. Errors are percentages for
-classification data sets and mean costs for diabetes (a regression task), in the CSV as well, so
-that a CSV column never mixes units silently: its ``units`` column says which.
+The table reads only trial folders (through :mod:`eqp.records`) and the published numbers
+shipped with the package (:mod:`eqp.published`). Several seeds of one trial are summarised as
+mean and *sample* standard deviation (``ddof=1``); a single seed shows its value alone. Errors
+are percentages for classification data sets and mean costs for diabetes (a regression task),
+in the CSV as well, so that a CSV column never mixes units silently: its ``units`` column says
+which.
+
+Beside the paper's final values (its Table 1, after the published number of epochs) stands the
+same published run's error *after as many epochs as ours ran*, so that a short run is compared
+like with like: the error differences are taken against that value, and are missing where the
+published run has no such epoch (never against the final value instead).
+
+The table is a :class:`pandas.DataFrame` with one row per trial; pandas writes its CSV (raw
+numbers), and a frame of display strings gives the Markdown and LaTeX versions.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 import os
-from collections.abc import Mapping, Sequence
-from importlib import resources
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from eqp.published import load_published, published_error
 from eqp.records import TrialRecord, atomic_write_text
+from eqp.settings import batch_counts
+
+__all__ = ["load_published"]  # kept importable from here, where it used to live
 
 REGRESSION_DATASETS = frozenset({"diabetes"})
+DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 
 TABLE1_FIELDS = (
     "trial",
@@ -33,31 +44,34 @@ TABLE1_FIELDS = (
     "preset",
     "n_seeds",
     "seeds",
+    "settle",
+    "train_examples",
+    "test_examples",
     "epochs_run",
     "paper_epochs_run",
     "train_error_mean",
     "train_error_sd",
     "paper_train_error",
+    "published_train_error_at_epoch",
     "diff_train_error",
     "test_error_mean",
     "test_error_sd",
     "paper_test_error",
+    "published_test_error_at_epoch",
     "diff_test_error",
     "log_spread_mean",
     "log_spread_sd",
     "paper_log_spread",
     "diff_log_spread",
 )
+FLOAT_FIELDS = tuple(
+    field for field in TABLE1_FIELDS if field.endswith(("_mean", "_sd")) or "error" in field
+) + ("paper_log_spread", "diff_log_spread")
+INTEGER_FIELDS = ("n_seeds", "train_examples", "test_examples")
 
 
 class MissingTrialsError(LookupError):
     """Table 1 needs a trial for which no finished folder was given."""
-
-
-def load_published() -> dict[str, Any]:
-    """The paper's published settings and final numbers, shipped inside the package."""
-    text = resources.files("eqp").joinpath("published_runs.json").read_text(encoding="utf-8")
-    return json.loads(text)
 
 
 def is_classification(dataset: str) -> bool:
@@ -78,6 +92,43 @@ def topology_label(settings: Mapping[str, Any]) -> str:
     return f"{name} (p={float(settings['bypass_p']):g})"
 
 
+def settle_label(settings: Mapping[str, Any]) -> str:
+    """How the phases were settled: 'euler' (the published fixed Euler steps, and the only
+    method of folders older than the setting) or e.g. 'sor (tol 1e-05)'."""
+    method = str(settings.get("settle") or "euler")
+    tolerance = settings.get("settle_tol")
+    return f"{method} (tol {float(tolerance):g})" if method == "sor" and tolerance else method
+
+
+def examples_used(summary: Mapping[str, Any]) -> tuple[int, int]:
+    """Training and test examples per epoch: whole batches × batch size (partial batches are
+    dropped), from the recorded batch counts, else as the settings cut the data set."""
+    settings = summary["settings"]
+    size = int(settings["batch_size"])
+    batches = summary.get("batches_per_epoch")
+    if isinstance(batches, Mapping) and {"train", "test"} <= set(batches):
+        return int(batches["train"]) * size, int(batches["test"]) * size
+    n_train, n_test = batch_counts(
+        settings["dataset"], size, settings.get("train_examples"), settings.get("test_examples")
+    )
+    return n_train * size, n_test * size
+
+
+def dataset_name(dataset: str) -> str:
+    return DATASET_NAMES.get(dataset, dataset)
+
+
+def data_label(summary: Mapping[str, Any]) -> str:
+    """E.g. 'MNIST: 60000 train / 10000 test examples'."""
+    train, test = examples_used(summary)
+    return f"{dataset_name(summary['settings']['dataset'])}: {train} train / {test} test examples"
+
+
+def joined(values: Iterable[Any], separator: str = ", ") -> str:
+    """The distinct values, sorted, as one string (one value shows alone)."""
+    return separator.join(sorted({str(value) for value in values}))
+
+
 def _mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (ddof=1); no sd for a single value."""
     array = np.asarray(values, dtype=np.float64)
@@ -94,11 +145,19 @@ def _difference(ours: float | None, paper: float | None) -> float | None:
     return None if ours is None or paper is None else ours - paper
 
 
-def _same_everywhere(summaries: Sequence[Mapping[str, Any]], trial: str, key: str) -> Any:
-    values = {json.dumps(s["settings"][key]) for s in summaries}
-    if len(values) != 1:
-        raise ValueError(f"the folders given for {trial} disagree on {key}: {sorted(values)}")
-    return summaries[0]["settings"][key]
+def _same_everywhere(
+    summaries: Sequence[Mapping[str, Any]],
+    trial: str,
+    key: str,
+    read: Callable[[Mapping[str, Any]], Any] | None = None,
+) -> Any:
+    """The one value of ``key`` that every seed's folder shares; an error naming the trial and
+    the values where seeds disagree (they would not be seeds of one trial)."""
+    values = [s["settings"][key] if read is None else read(s) for s in summaries]
+    distinct = {json.dumps(value) for value in values}
+    if len(distinct) != 1:
+        raise ValueError(f"the folders given for {trial} disagree on {key}: {sorted(distinct)}")
+    return values[0]
 
 
 def _row(trial: str, records: Sequence[TrialRecord], published: Mapping[str, Any]) -> dict:
@@ -109,8 +168,13 @@ def _row(trial: str, records: Sequence[TrialRecord], published: Mapping[str, Any
     dataset = _same_everywhere(summaries, trial, "dataset")
     layer_sizes = _same_everywhere(summaries, trial, "layer_sizes")
     _same_everywhere(summaries, trial, "network_type")
+    settle = _same_everywhere(summaries, trial, "settle", lambda s: settle_label(s["settings"]))
+    train_examples, test_examples = _same_everywhere(
+        summaries, trial, "examples per epoch", lambda s: list(examples_used(s))
+    )
     factor, units = error_scale(dataset)
     final = published["trials"][trial]["final"]
+    epochs = sorted({int(s["epochs_run"]) for s in summaries})
 
     row: dict[str, Any] = {
         "trial": trial,
@@ -118,10 +182,13 @@ def _row(trial: str, records: Sequence[TrialRecord], published: Mapping[str, Any
         "layer_sizes": "-".join(str(size) for size in layer_sizes),
         "topology": topology_label(summaries[0]["settings"]),
         "units": units,
-        "preset": "/".join(sorted({str(s.get("preset", "?")) for s in summaries})),
+        "preset": joined((s.get("preset", "?") for s in summaries), "/"),
         "n_seeds": len(summaries),
         "seeds": " ".join(str(s["seed"]) for s in sorted(summaries, key=lambda s: s["seed"])),
-        "epochs_run": "/".join(str(e) for e in sorted({s["epochs_run"] for s in summaries})),
+        "settle": settle,
+        "train_examples": train_examples,
+        "test_examples": test_examples,
+        "epochs_run": "/".join(str(e) for e in epochs),
         "paper_epochs_run": final.get("epochs_run"),
     }
     for quantity, scale in (("train_error", factor), ("test_error", factor), ("log_spread", 1.0)):
@@ -131,17 +198,26 @@ def _row(trial: str, records: Sequence[TrialRecord], published: Mapping[str, Any
         row[f"{quantity}_mean"] = mean
         row[f"{quantity}_sd"] = sd
         row[f"paper_{quantity}"] = paper
-        row[f"diff_{quantity}"] = _difference(mean, paper)
+        if quantity == "log_spread":
+            row["diff_log_spread"] = _difference(mean, paper)
+            continue
+        split = quantity.removesuffix("_error")
+        # Seeds that ran different epoch counts have no single epoch to compare at.
+        at_epoch = published_error(trial, epochs[0], split) if len(epochs) == 1 else None
+        row[f"published_{quantity}_at_epoch"] = _scaled(at_epoch, scale)
+        row[f"diff_{quantity}"] = _difference(mean, row[f"published_{quantity}_at_epoch"])
     return row
 
 
 def build_table1(
     records: Mapping[str, Sequence[TrialRecord]], paper: Mapping[str, Any] | None = None
-) -> list[dict[str, Any]]:
+) -> pd.DataFrame:
     """One row per Table 1 trial, in the paper's order, with our mean ± sd beside the paper's.
 
     ``records`` maps a trial name to the finished folders of its seeds. Every trial of the
     paper's table must be present; extra trials (e.g. mnist_3layer_mlffpl) are ignored.
+    ``paper`` replaces the shipped ``published_runs.json`` (its order and final values); the
+    per-epoch values always come from the shipped curves. Missing values are NaN.
     """
     published = load_published() if paper is None else paper
     order = list(published["table1_order"])
@@ -151,21 +227,36 @@ def build_table1(
             f"Table 1 needs finished folders for {len(missing)} trial(s) that were not given: "
             + ", ".join(missing)
         )
-    return [_row(trial, list(records[trial]), published) for trial in order]
+    return table1_frame([_row(trial, list(records[trial]), published) for trial in order])
+
+
+def table1_frame(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Table 1 as a frame with its columns in order and typed: floats (NaN where missing),
+    counts as integers, the paper's epoch count as a nullable integer."""
+    frame = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
+    absent = [field for field in TABLE1_FIELDS if field not in frame.columns]
+    if absent:
+        raise ValueError(
+            f"a Table 1 frame lacks the column(s) {', '.join(absent)}; build it with build_table1"
+        )
+    frame = frame.loc[:, list(TABLE1_FIELDS)]
+    types = {field: "float64" for field in FLOAT_FIELDS}
+    integers = {field: "int64" for field in INTEGER_FIELDS}
+    return frame.astype({**types, **integers, "paper_epochs_run": "Int64"})
 
 
 def _decimals(units: str) -> int:
     return 2 if units == "% error" else 4
 
 
-def _number(value: float | None, decimals: int, signed: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _number(value: Any, decimals: int, signed: bool = False) -> str:
+    if pd.isna(value):
         return "–"
     return f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
 
 
-def _mean_pm_sd(mean: float, sd: float | None, decimals: int, pm: str) -> str:
-    if sd is None:
+def _mean_pm_sd(mean: float, sd: float, decimals: int, pm: str) -> str:
+    if pd.isna(sd):
         return _number(mean, decimals)
     return f"{_number(mean, decimals)}{pm}{_number(sd, decimals)}"
 
@@ -173,13 +264,15 @@ def _mean_pm_sd(mean: float, sd: float | None, decimals: int, pm: str) -> str:
 def _display_cells(row: Mapping[str, Any], pm: str) -> list[str]:
     """The human-readable cells of one row (Markdown and LaTeX share them)."""
     error_decimals = _decimals(row["units"])
+    paper_epochs = "–" if pd.isna(row["paper_epochs_run"]) else row["paper_epochs_run"]
     cells = [
         row["trial"],
         row["dataset"],
         row["layer_sizes"],
         row["topology"],
         row["units"],
-        f"{row['epochs_run']} / {row['paper_epochs_run']}",
+        f"{row['train_examples']} / {row['test_examples']}",
+        f"{row['epochs_run']} / {paper_epochs}",
     ]
     for quantity, decimals in (
         ("train_error", error_decimals),
@@ -189,8 +282,10 @@ def _display_cells(row: Mapping[str, Any], pm: str) -> list[str]:
         cells += [
             _mean_pm_sd(row[f"{quantity}_mean"], row[f"{quantity}_sd"], decimals, pm),
             _number(row[f"paper_{quantity}"], decimals),
-            _number(row[f"diff_{quantity}"], decimals, signed=True),
         ]
+        if quantity != "log_spread":
+            cells.append(_number(row[f"published_{quantity}_at_epoch"], decimals))
+        cells.append(_number(row[f"diff_{quantity}"], decimals, signed=True))
     return cells
 
 
@@ -200,99 +295,104 @@ DISPLAY_HEADER = (
     "Layer sizes",
     "Topology",
     "Units",
+    "Examples (train / test)",
     "Epochs (ours / paper)",
     "Train (ours)",
     "Train (paper)",
+    "Train (published @ our epoch)",
     "Train Δ",
     "Test (ours)",
     "Test (paper)",
+    "Test (published @ our epoch)",
     "Test Δ",
     "Log-spread (ours)",
     "Log-spread (paper)",
     "Log-spread Δ",
 )
+TEXT_COLUMNS = 7  # the leading display columns that are text (left-aligned); numbers follow
 
 NOTE = (
     "Ours: mean ± sample standard deviation (ddof=1) over seeds; one seed shows its value alone. "
-    "Paper: the published seed-0 runs (the paper's Table 1), which ran the epochs shown. "
-    "Δ = ours − paper. Errors are % for classification data sets and mean cost for diabetes; "
-    "– marks a value the paper does not report."
+    "Examples: training / test examples per epoch. "
+    "Paper: the final values of the published seed-0 runs (the paper's Table 1), after the "
+    "epochs in the Epochs column. Published @ our epoch: the same published runs after as many "
+    "epochs as ours ran. Train and test Δ = ours − published @ our epoch, so a short run is "
+    "compared with the published run at the same point; log-spread Δ = ours − paper (only final "
+    "log-spreads were published). Errors are % for classification data sets and mean cost for "
+    "diabetes; – marks a value that was not published (or, for ours, does not exist)."
 )
 
 
-def table1_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+def display_frame(table: pd.DataFrame, pm: str = " ± ") -> pd.DataFrame:
+    """The table as display strings under the reader-facing headers; '–' marks a missing value."""
+    cells = [_display_cells(row, pm) for row in table.to_dict("records")]
+    return pd.DataFrame(cells, columns=list(DISPLAY_HEADER), dtype=str)
+
+
+def _heading(table: pd.DataFrame) -> str:
+    """What produced the numbers: e.g. 'preset: demo; settle: euler'."""
+    return f"preset: {joined(table['preset'])}; settle: {joined(table['settle'])}"
+
+
+def table1_csv_text(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> str:
     """Raw numbers at full precision; empty cells where a value does not exist."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(TABLE1_FIELDS)
-    for row in rows:
-        writer.writerow(
-            ["" if row[field] is None else _csv_cell(row[field]) for field in TABLE1_FIELDS]
-        )
-    return out.getvalue()
+    return table1_frame(rows).to_csv(index=False, lineterminator="\n", na_rep="")
 
 
-def _csv_cell(value: Any) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
+def table1_markdown_text(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> str:
+    table = table1_frame(rows)
+    alignment = ["left"] * TEXT_COLUMNS + ["right"] * (len(DISPLAY_HEADER) - TEXT_COLUMNS)
+    body = display_frame(table).to_markdown(
+        index=False, tablefmt="pipe", colalign=alignment, disable_numparse=True
+    )
+    return "\n".join([f"Table 1 ({_heading(table)})", "", body, "", NOTE, ""])
 
 
-def table1_markdown_text(rows: Sequence[Mapping[str, Any]]) -> str:
-    presets = sorted({row["preset"] for row in rows})
-    lines = [
-        f"Table 1 (preset: {', '.join(presets)})",
-        "",
-        "| " + " | ".join(DISPLAY_HEADER) + " |",
-        "|" + "|".join("---" if i < 6 else "---:" for i in range(len(DISPLAY_HEADER))) + "|",
-    ]
-    lines += ["| " + " | ".join(_display_cells(row, " ± ")) + " |" for row in rows]
-    lines += ["", NOTE, ""]
-    return "\n".join(lines)
-
-
-_LATEX_SPECIALS = {
-    "\\": r"\textbackslash{}",
-    "_": r"\_",
-    "%": r"\%",
-    "&": r"\&",
-    "#": r"\#",
-    "$": r"\$",
-    "{": r"\{",
-    "}": r"\}",
-    "Δ": r"$\Delta$",
-    "±": r"$\pm$",
-    "−": r"$-$",
-    "–": "--",
-}
+_LATEX_SPECIALS = str.maketrans(
+    {
+        "\\": r"\textbackslash{}",
+        "_": r"\_",
+        "%": r"\%",
+        "&": r"\&",
+        "#": r"\#",
+        "$": r"\$",
+        "{": r"\{",
+        "}": r"\}",
+        "Δ": r"$\Delta$",
+        "±": r"$\pm$",
+        "−": r"$-$",
+        "–": "--",
+    }
+)
 
 
 def latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIALS.get(char, char) for char in text)
+    """LaTeX's special characters escaped, and the table's Unicode symbols as math."""
+    return str(text).translate(_LATEX_SPECIALS)
 
 
-def table1_latex_text(rows: Sequence[Mapping[str, Any]]) -> str:
+def table1_latex_text(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> str:
     """A booktabs tabular (needs \\usepackage{booktabs}); no float, so callers choose one."""
-    presets = sorted({row["preset"] for row in rows})
-    lines = [
-        f"% Table 1, preset: {', '.join(presets)}. {latex_escape(NOTE)}",
-        r"\begin{tabular}{llllll" + "r" * (len(DISPLAY_HEADER) - 6) + "}",
-        r"\toprule",
-        " & ".join(latex_escape(cell) for cell in DISPLAY_HEADER) + r" \\",
-        r"\midrule",
-    ]
-    lines += [
-        " & ".join(latex_escape(cell) for cell in _display_cells(row, "±")) + r" \\" for row in rows
-    ]
-    lines += [r"\bottomrule", r"\end{tabular}", ""]
-    return "\n".join(lines)
+    table = table1_frame(rows)
+    styler = display_frame(table, pm="±").style.hide(axis="index")
+    styler = styler.format(latex_escape).format_index(latex_escape, axis=1)
+    tabular = styler.to_latex(
+        column_format="l" * TEXT_COLUMNS + "r" * (len(DISPLAY_HEADER) - TEXT_COLUMNS),
+        hrules=True,
+    )
+    return f"% Table 1, {_heading(table)}. {latex_escape(NOTE)}\n{tabular}"
 
 
 def write_table1(
-    rows: Sequence[Mapping[str, Any]],
+    rows: pd.DataFrame | Sequence[Mapping[str, Any]],
     csv_path: str | os.PathLike,
     md_path: str | os.PathLike,
     tex_path: str | os.PathLike,
 ) -> None:
-    """Write the CSV (raw numbers), Markdown and LaTeX versions, each atomically."""
-    atomic_write_text(csv_path, table1_csv_text(rows))
-    atomic_write_text(md_path, table1_markdown_text(rows))
-    atomic_write_text(tex_path, table1_latex_text(rows))
+    """Write the CSV (raw numbers), Markdown and LaTeX versions, each atomically.
+
+    ``rows`` is the frame of :func:`build_table1` (or its rows as mappings)."""
+    table = table1_frame(rows)
+    atomic_write_text(csv_path, table1_csv_text(table))
+    atomic_write_text(md_path, table1_markdown_text(table))
+    atomic_write_text(tex_path, table1_latex_text(table))

@@ -2,196 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
-from typing import Any
 
-import numpy as np
+import pandas as pd
 import pytest
+from synthetic_trials import fig2_fig3_records, fig5_records, sweep_records, table_records
+from table_files import csv_records, markdown_records
 
 from eqp import figures
-from eqp.records import (
-    TrialRecord,
-    atomic_write_json,
-    atomic_write_npz,
-    sparse_from_dense,
-    write_metrics,
-)
+from eqp.published import load_published_curves, published_error
 from eqp.table import MissingTrialsError, build_table1, load_published, write_table1
-
-TINY_SIZES = [6, 4, 4, 4, 2]
-PER_LAYER_RATES = [0.128, 0.032, 0.008, 0.002]
-
-
-def layered_mask(sizes: list[int], p: float, rng: np.random.Generator) -> np.ndarray:
-    """Symmetric adjacency of a layered net, each connection rewired to a skip with prob. p."""
-    offsets = np.cumsum([0, *sizes])
-    n = int(offsets[-1])
-    layer_of = np.repeat(np.arange(len(sizes)), sizes)
-    mask = np.zeros((n, n), dtype=bool)
-    for k in range(len(sizes) - 1):
-        mask[offsets[k] : offsets[k + 1], offsets[k + 1] : offsets[k + 2]] = True
-    lower = np.tril(mask.T, -1)
-    rows, cols = np.nonzero(lower)
-    rewired = rng.uniform(size=rows.size) < p
-    skip_rows, skip_cols = np.nonzero(np.tril(layer_of[:, None] - layer_of[None, :] >= 2, -1))
-    chosen = rng.choice(skip_rows.size, size=min(int(rewired.sum()), skip_rows.size), replace=False)
-    lower[rows[rewired][: chosen.size], cols[rewired][: chosen.size]] = False
-    lower[skip_rows[chosen], skip_cols[chosen]] = True
-    return lower | lower.T
-
-
-def write_trial(
-    folder: Path,
-    trial: str,
-    seed: int,
-    *,
-    sizes: list[int] = TINY_SIZES,
-    dataset: str = "mnist",
-    network_type: str = "MLFF",
-    p: float | None = None,
-    learning_rate: float | list[float] = 0.02,
-    epochs: int = 4,
-    batches: int = 5,
-    preset: str = "demo",
-    train_error: float | None = None,
-    test_error: float | None = None,
-    log_spread: float | None = None,
-) -> TrialRecord:
-    """A plausible finished trial folder: errors decay, deeper pairs learn more slowly."""
-    rng = np.random.default_rng(seed + 1000 * len(trial))
-    n_pairs = len(sizes) - 1
-    swni = network_type != "MLFF"
-    mask = layered_mask(sizes, p or 0.0, rng)
-    n = mask.shape[0]
-
-    start = 0.9 if dataset != "diabetes" else 0.2
-    floor = (0.03 if swni else 0.1) * rng.uniform(0.7, 1.3)
-    decay = np.exp(-np.arange(epochs + 1) / rng.uniform(1.5, 3.0))
-    wobble = rng.lognormal(0.0, 0.05, (2, epochs + 1))
-    train = (floor * 0.3 + (start - floor * 0.3) * decay) * wobble[0]
-    test = (floor + (start - floor) * decay) * wobble[1]
-    train[0] = test[0]
-    train[-1] = train[-1] if train_error is None else train_error
-    test[-1] = test[-1] if test_error is None else test_error
-    write_metrics(
-        folder,
-        [
-            {
-                "epoch": e,
-                "train_error": float(train[e]),
-                "test_error": float(test[e]),
-                "saturated_low": int(rng.integers(0, 50)),
-                "saturated_high": int(rng.integers(0, 50)),
-                "seconds": 0.0 if e == 0 else float(rng.uniform(1, 2)),
-            }
-            for e in range(epochs + 1)
-        ],
-    )
-
-    depth_slope = 0.15 if swni else 0.8
-    pair_scale = 1e-2 * 10.0 ** (-depth_slope * (n_pairs - 1 - np.arange(n_pairs)))
-    epoch_trend = (0.2 + 0.8 * np.exp(-np.arange(epochs) / 3.0))[:, None, None]
-    noise = rng.lognormal(0.0, 0.2, (epochs, batches, n_pairs))
-    rates = (pair_scale[None, None, :] * epoch_trend * noise).astype(np.float32)
-    rates_per_pair = learning_rate if isinstance(learning_rate, list) else [learning_rate] * n_pairs
-    atomic_write_npz(
-        folder / "layer_rates.npz",
-        rates=rates,
-        learning_rates=np.asarray(rates_per_pair, dtype=np.float64),
-    )
-
-    layer_of = np.repeat(np.arange(len(sizes)), sizes)
-    depth = np.maximum(layer_of[:, None], layer_of[None, :])
-    mean_dw = rng.lognormal(0.0, 0.5, (n, n)) * 1e-3 * 10.0 ** (-depth_slope * (len(sizes) - depth))
-    mean_dw = np.where(mask, mean_dw, 0.0)
-    atomic_write_npz(folder / "mean_dw.npz", **sparse_from_dense(mean_dw, mask))
-    weights = np.where(mask, rng.uniform(-0.3, 0.3, (n, n)), 0.0).astype(np.float32)
-    atomic_write_npz(
-        folder / "initial.npz",
-        W=np.tril(weights, -1) + np.tril(weights, -1).T,
-        mask=mask.astype(np.uint8),
-    )
-
-    pair_means = rates.mean(axis=(0, 1))
-    realised = float(p or 0.0)
-    atomic_write_json(
-        folder / "summary.json",
-        {
-            "trial": trial,
-            "seed": seed,
-            "preset": preset,
-            "settings": {
-                "dataset": dataset,
-                "layer_sizes": sizes,
-                "network_type": network_type,
-                "bypass_p": p,
-                "bypass_mag": 0.5 if swni else None,
-                "learning_rate": learning_rate,
-                "epsilon": 0.5,
-                "beta": 1.0,
-                "free_iterations": 20,
-                "weakly_clamped_iterations": 4,
-                "batch_size": 20,
-                "epochs": epochs,
-                "seed": seed,
-            },
-            "epochs_run": epochs,
-            "initial_test_error": float(test[0]),
-            "train_error": float(train[-1]),
-            "test_error": float(test[-1]),
-            "realised_p": realised,
-            "log_spread": float(np.std(np.log10(pair_means))) if log_spread is None else log_spread,
-            "layer_rate_means": [float(v) for v in pair_means],
-            "seconds": 10.0,
-            "versions": {"python": "3.11", "eqp": "0.1.0"},
-        },
-    )
-    return TrialRecord.open(folder)
-
-
-def fig2_fig3_records(root: Path, seeds: int = 2, **kwargs: Any) -> dict[str, list[TrialRecord]]:
-    specs = {
-        "mnist_3layer_mlff": {"network_type": "MLFF", "learning_rate": 0.02},
-        "mnist_3layer_mlffpl": {
-            "network_type": "MLFF",
-            "learning_rate": PER_LAYER_RATES[: len(kwargs.get("sizes", TINY_SIZES)) - 1],
-        },
-        "mnist_3layer_swni": {"network_type": "SW_no_intra", "p": 0.1, "learning_rate": 0.02},
-    }
-    return {
-        trial: [
-            write_trial(root / f"{trial}_s{seed}", trial, seed, **spec, **kwargs)
-            for seed in range(seeds)
-        ]
-        for trial, spec in specs.items()
-    }
-
-
-def fig5_records(root: Path, **kwargs: Any) -> dict[str, TrialRecord]:
-    return {
-        "mnist_5layer_mlff": write_trial(root / "f5_mlff", "mnist_5layer_mlff", 0, **kwargs),
-        "mnist_5layer_swni": write_trial(
-            root / "f5_swni", "mnist_5layer_swni", 0, network_type="SW_no_intra", p=0.1, **kwargs
-        ),
-    }
-
-
-def sweep_records(root: Path, seeds: int = 1, **kwargs: Any) -> list[TrialRecord]:
-    ps = [0.0, *np.logspace(-4, 0, 9)]
-    return [
-        write_trial(
-            root / f"sweep_p{p:.6f}_s{seed}",
-            "mnist_5layer_sweep",
-            seed,
-            network_type="SW_no_intra",
-            p=float(p),
-            **kwargs,
-        )
-        for p in ps
-        for seed in range(seeds)
-    ]
 
 
 def assert_pdf_and_png(paths: tuple[Path, Path], stem: Path) -> None:
@@ -238,40 +59,16 @@ def test_preset_is_read_from_summaries_when_not_given(tmp_path: Path) -> None:
     assert figures._preset_text(flat, "demo") == "demo"
 
 
-def table_records(root: Path) -> dict[str, list[TrialRecord]]:
-    """Two seeds of each Table 1 trial with known final numbers."""
-    published = load_published()
-    records = {}
-    for index, trial in enumerate(published["table1_order"]):
-        settings = published["trials"][trial]["settings"]
-        records[trial] = [
-            write_trial(
-                root / f"{trial}_s{seed}",
-                trial,
-                seed,
-                sizes=[3, 2, 2, 1] if settings["dataset"] == "diabetes" else [3, 2, 2, 2],
-                dataset=settings["dataset"],
-                network_type=settings["network_type"],
-                p=settings["bypass_p"],
-                epochs=2,
-                batches=2,
-                train_error=0.10 + 0.01 * index + 0.02 * seed,
-                test_error=0.20 + 0.01 * index + 0.04 * seed,
-                log_spread=0.5 + 0.2 * seed,
-            )
-            for seed in (0, 1)
-        ]
-    return records
-
-
 def test_table1_rows_in_paper_order_with_paper_values(tmp_path: Path) -> None:
     published = load_published()
     records = table_records(tmp_path)
     records["mnist_3layer_mlffpl"] = records["mnist_3layer_mlff"]
-    rows = build_table1(dict(reversed(list(records.items()))), published)
+    table = build_table1(dict(reversed(list(records.items()))), published)
+    curves = load_published_curves()
 
-    assert [row["trial"] for row in rows] == published["table1_order"]
-    for index, row in enumerate(rows):
+    assert isinstance(table, pd.DataFrame)
+    assert table["trial"].tolist() == published["table1_order"]
+    for index, row in enumerate(table.to_dict("records")):
         final = published["trials"][row["trial"]]["final"]
         scale = 1.0 if row["dataset"] == "diabetes" else 100.0
         assert row["units"] == ("mean cost" if scale == 1.0 else "% error")
@@ -284,53 +81,87 @@ def test_table1_rows_in_paper_order_with_paper_values(tmp_path: Path) -> None:
         assert row["log_spread_mean"] == pytest.approx(0.6)
         assert row["log_spread_sd"] == pytest.approx(0.2 / math.sqrt(2))
         assert row["paper_train_error"] == pytest.approx(final["train_error"] * scale)
-        assert row["diff_train_error"] == pytest.approx(train_mean - final["train_error"] * scale)
+        curve = curves["trials"][row["trial"]]
+        for split, mean in (("train", train_mean), ("test", (0.22 + 0.01 * index) * scale)):
+            at_epoch = curve[f"{split}_error"][1] * scale  # our runs: 2 epochs
+            assert row[f"published_{split}_error_at_epoch"] == at_epoch
+            assert row[f"diff_{split}_error"] == pytest.approx(mean - at_epoch)
         if final["log_spread"] is None:
-            assert row["paper_log_spread"] is None and row["diff_log_spread"] is None
+            assert pd.isna(row["paper_log_spread"]) and pd.isna(row["diff_log_spread"])
         else:
             assert row["diff_log_spread"] == pytest.approx(0.6 - final["log_spread"])
 
-    by_trial = {row["trial"]: row for row in rows}
-    assert by_trial["diabetes_5layer_mlff"]["layer_sizes"] == "3-2-2-1"
-    assert by_trial["wine_5layer_mlff"]["topology"] == "MLFF"
-    assert by_trial["wine_5layer_swni"]["topology"] == "SW (p=0.1)"
-    assert by_trial["mnist_3layer_mlff"]["paper_test_error"] == pytest.approx(2.87)
+    by_trial = table.set_index("trial")
+    assert by_trial.loc["diabetes_5layer_mlff", "layer_sizes"] == "3-2-2-1"
+    assert by_trial.loc["wine_5layer_mlff", "topology"] == "MLFF"
+    assert by_trial.loc["wine_5layer_swni", "topology"] == "SW (p=0.1)"
+    assert by_trial.loc["mnist_3layer_mlff", "paper_test_error"] == pytest.approx(2.87)
 
 
 def test_table1_single_seed_has_no_sd(tmp_path: Path) -> None:
     records = {trial: seeds[:1] for trial, seeds in table_records(tmp_path).items()}
-    rows = build_table1(records, load_published())
-    assert all(row["n_seeds"] == 1 and row["train_error_sd"] is None for row in rows)
-    write_table1(rows, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.tex")
+    table = build_table1(records, load_published())
+    assert (table["n_seeds"] == 1).all() and table["train_error_sd"].isna().all()
+    write_table1(table, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.tex")
     assert "±" not in (tmp_path / "t.md").read_text().split("Ours:")[0]
+    assert {row["train_error_sd"] for row in csv_records(tmp_path / "t.csv")} == {""}
 
 
 def test_table1_writers(tmp_path: Path) -> None:
-    rows = build_table1(table_records(tmp_path / "trials"))
+    table = build_table1(table_records(tmp_path / "trials"))
     paths = [tmp_path / "out" / name for name in ("table1.csv", "table1.md", "table1.tex")]
-    write_table1(rows, *paths)
+    write_table1(table, *paths)
 
-    with open(paths[0], newline="") as handle:
-        csv_rows = list(csv.DictReader(handle))
+    csv_rows = csv_records(paths[0])
     assert [r["trial"] for r in csv_rows] == load_published()["table1_order"]
-    assert float(csv_rows[0]["train_error_mean"]) == rows[0]["train_error_mean"]
+    assert float(csv_rows[0]["train_error_mean"]) == table["train_error_mean"].iloc[0]
     mnist = next(r for r in csv_rows if r["trial"] == "mnist_3layer_mlff")
     assert mnist["paper_log_spread"] == "" and mnist["units"] == "% error"
 
     markdown = paths[1].read_text()
-    wine_cells = (
-        "wine_5layer_mlff | wine | 3-2-2-2 | MLFF | % error | 2 / 10 | 15.00 ± 1.41 | 68.00"
+    cells = {row["Trial"]: row for row in markdown_records(paths[1])}
+    assert list(cells) == load_published()["table1_order"]
+    wine = cells["wine_5layer_mlff"]
+    assert [wine[h] for h in ("Data set", "Layer sizes", "Topology", "Units")] == [
+        "wine",
+        "3-2-2-2",
+        "MLFF",
+        "% error",
+    ]
+    assert (wine["Epochs (ours / paper)"], wine["Train (ours)"]) == ("2 / 10", "15.00 ± 1.41")
+    # wine_5layer_mlff's published run: 68.00% training error at epoch 10, 66.67% at epoch 2
+    assert (wine["Train (paper)"], wine["Train (published @ our epoch)"]) == ("68.00", "66.67")
+    assert (wine["Train Δ"], wine["Examples (train / test)"]) == ("-51.67", "140 / 20")
+    diabetes = cells["diabetes_5layer_mlff"]
+    assert (diabetes["Units"], diabetes["Train (ours)"]) == ("mean cost", "0.1100 ± 0.0141")
+    assert (diabetes["Train (paper)"], diabetes["Train (published @ our epoch)"]) == (
+        "0.0326",
+        "0.0328",
     )
-    assert f"| {wine_cells} | -53.00 |" in markdown
-    assert "| 0.1100 ± 0.0141 | 0.0326 | +0.0774 |" in markdown
-    assert "| diabetes_5layer_mlff | diabetes | 3-2-2-1 | MLFF | mean cost | 2 / 10 |" in markdown
+    assert (diabetes["Train Δ"], diabetes["Log-spread Δ"]) == ("+0.0772", "-0.485")
+    assert cells["mnist_3layer_mlff"]["Log-spread (paper)"] == "–"
+    assert cells["mnist_3layer_mlff"]["Examples (train / test)"] == "60000 / 10000"
+    assert markdown.startswith("Table 1 (preset: demo; settle: euler)\n")
+    assert "Δ = ours − published @ our epoch" in markdown
 
     latex = paths[2].read_text()
     assert r"\toprule" in latex and r"\bottomrule" in latex and r"\midrule" in latex
     assert r"diabetes\_5layer\_mlff" in latex and r"$\pm$" in latex
     assert "_5layer" not in latex.replace(r"\_5layer", "")
     for trial in load_published()["table1_order"]:
-        assert trial in markdown and trial.replace("_", r"\_") in latex
+        assert trial.replace("_", r"\_") in latex
+
+
+def test_table1_writers_accept_rows_as_mappings(tmp_path: Path) -> None:
+    table = build_table1(table_records(tmp_path / "trials"))
+    as_frame = [tmp_path / "frame" / f"t.{ext}" for ext in ("csv", "md", "tex")]
+    as_rows = [tmp_path / "rows" / f"t.{ext}" for ext in ("csv", "md", "tex")]
+    write_table1(table, *as_frame)
+    write_table1(table.to_dict("records"), *as_rows)
+    for frame_path, rows_path in zip(as_frame, as_rows, strict=True):
+        assert frame_path.read_text() == rows_path.read_text()
+    with pytest.raises(ValueError, match="lacks the column.*paper_test_error.*build_table1"):
+        write_table1(table.drop(columns="paper_test_error"), *as_rows)
 
 
 def test_table1_missing_trials_are_named(tmp_path: Path) -> None:
@@ -346,3 +177,80 @@ def test_table1_rejects_a_folder_of_another_trial(tmp_path: Path) -> None:
     records["wine_5layer_mlff"] = records["wine_8layer_mlff"]
     with pytest.raises(ValueError, match="wine_8layer_mlff"):
         build_table1(records, load_published())
+
+
+def test_table1_compares_at_our_epoch_and_leaves_unpublished_epochs_missing(
+    tmp_path: Path,
+) -> None:
+    """12 epochs: past the 10 published for diabetes and wine, within MNIST's 100."""
+    table = build_table1(table_records(tmp_path / "trials", epochs=12)).set_index("trial")
+    for trial in ("diabetes_5layer_mlff", "wine_8layer_swni"):
+        row = table.loc[trial]
+        assert published_error(trial, 12, "test") is None
+        at_epoch = ["published_train_error_at_epoch", "published_test_error_at_epoch"]
+        assert row[at_epoch].isna().all()
+        assert pd.isna(row["diff_train_error"]) and pd.isna(row["diff_test_error"])
+        assert not pd.isna(row["paper_test_error"]) and not pd.isna(row["diff_log_spread"])
+    mnist = table.loc["mnist_5layer_swni"]
+    assert mnist["published_test_error_at_epoch"] == 100.0 * published_error(
+        "mnist_5layer_swni", 12, "test"
+    )
+
+    paths = [tmp_path / f"t.{ext}" for ext in ("csv", "md", "tex")]
+    write_table1(table.reset_index(), *paths)
+    wine_csv = next(r for r in csv_records(paths[0]) if r["trial"] == "wine_8layer_swni")
+    for column in ("published_test_error_at_epoch", "diff_test_error", "diff_train_error"):
+        assert wine_csv[column] == ""
+    assert float(wine_csv["paper_test_error"]) == pytest.approx(56.0)
+    wine_md = next(r for r in markdown_records(paths[1]) if r["Trial"] == "wine_8layer_swni")
+    assert wine_md["Test (published @ our epoch)"] == "–" and wine_md["Test Δ"] == "–"
+    assert wine_md["Test (paper)"] == "56.00"
+    assert "0.00" not in (wine_md["Test Δ"], wine_md["Train Δ"])
+    assert r"Test $\Delta$" in paths[2].read_text()
+
+
+def test_table1_seeds_with_different_epoch_counts_have_no_single_published_epoch(
+    tmp_path: Path,
+) -> None:
+    records = table_records(tmp_path / "two", epochs=2)
+    records["wine_5layer_mlff"] = [
+        *records["wine_5layer_mlff"][:1],
+        *table_records(tmp_path / "three", epochs=3)["wine_5layer_mlff"][1:],
+    ]
+    row = build_table1(records).set_index("trial").loc["wine_5layer_mlff"]
+    assert row["epochs_run"] == "2/3"
+    assert pd.isna(row["published_test_error_at_epoch"]) and pd.isna(row["diff_test_error"])
+
+
+def test_table1_names_the_settle_method_and_the_data_used(tmp_path: Path) -> None:
+    sor = {"settle": "sor", "settle_tol": 1e-5, "settle_max_steps": 500, "train_examples": 500}
+    records = table_records(
+        tmp_path / "trials",
+        extra_settings=sor,
+        extra_summary={"batches_per_epoch": {"train": 25, "test": 10}},
+    )
+    table = build_table1(records)
+    assert set(table["settle"]) == {"sor (tol 1e-05)"}
+    assert set(table["train_examples"]) == {500} and set(table["test_examples"]) == {200}
+    paths = [tmp_path / f"t.{ext}" for ext in ("csv", "md", "tex")]
+    write_table1(table, *paths)
+    assert paths[1].read_text().startswith("Table 1 (preset: demo; settle: sor (tol 1e-05))")
+    assert paths[2].read_text().startswith("% Table 1, preset: demo; settle: sor (tol 1e-05).")
+    assert {r["Examples (train / test)"] for r in markdown_records(paths[1])} == {"500 / 200"}
+
+    # Without recorded batch counts the settings cut the data set: 500 // 20 batches of 20.
+    old = build_table1(table_records(tmp_path / "old", extra_settings={"train_examples": 500}))
+    mnist = old.set_index("trial").loc["mnist_3layer_mlff"]
+    assert (mnist["settle"], mnist["train_examples"], mnist["test_examples"]) == (
+        "euler",
+        500,
+        10000,
+    )
+
+
+def test_table1_rejects_seeds_settled_differently(tmp_path: Path) -> None:
+    records = table_records(tmp_path / "euler")
+    sor = table_records(tmp_path / "sor", extra_settings={"settle": "sor", "settle_tol": 1e-4})
+    records["wine_5layer_swni"] = [records["wine_5layer_swni"][0], sor["wine_5layer_swni"][1]]
+    with pytest.raises(ValueError, match=r"wine_5layer_swni disagree on settle.*sor \(tol"):
+        build_table1(records)

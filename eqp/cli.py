@@ -69,10 +69,13 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench",
-        help="time the dense reference against the fast engine",
-        description="Seconds per training batch and per Euler step for each engine on "
-        "synthetic batches of the trial's shapes; prints s/batch=..., the FLOP floor, "
-        "GFLOP/s, a plain matmul's GFLOP/s and the dense/fast ratio.",
+        help="time implementations against each other (engines, settle methods, threads)",
+        description="Without --settle and with one --threads: seconds per training batch and "
+        "per Euler step for each engine on synthetic batches of the trial's shapes (s/batch, "
+        "the FLOP floor, GFLOP/s, a plain matmul's GFLOP/s and the dense/fast ratio). With "
+        "--settle or several --threads: seconds per training batch and per test chunk of the "
+        "fast engine for every settle method and thread count, from one warm state, with the "
+        "free-phase work per example and the ratios.",
     )
     bench.add_argument(
         "--trial",
@@ -92,9 +95,31 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="fast engine's weight layout (default auto)",
     )
-    bench.add_argument("--batches", type=int, default=3, help="timed batches per engine")
+    bench.add_argument("--batches", type=int, default=3, help="timed batches per variant")
     bench.add_argument("--config", default=DEFAULT_CONFIG, help="config holding the trials")
-    bench.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    bench.add_argument(
+        "--threads",
+        type=int,
+        action="append",
+        help="CPU threads (repeatable: each count is timed; default 1)",
+    )
+    bench.add_argument(
+        "--settle",
+        action="append",
+        choices=("euler", "sor"),
+        help="free-phase method (repeatable): time the phases per method",
+    )
+    bench.add_argument(
+        "--warm-batches",
+        type=int,
+        default=100,
+        help="training batches of the warm-up epoch before phases are timed (default 100)",
+    )
+    bench.add_argument(
+        "--data-dir",
+        default="resources/datasets",
+        help="MNIST data root for the phase timings (synthetic batches where absent)",
+    )
     bench.add_argument("--device", help="torch device (default: the trial's)")
 
     trials = commands.add_parser("trials", help="list the trials of a config")
@@ -130,17 +155,30 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import DEFAULT_TRIALS, run_benchmark
+    from .bench import DEFAULT_TRIALS, run_benchmark, time_phases
 
     config = load_yaml(args.config)
     trials = trials_from_config(config)
     chosen = [select_trial(trials, name) for name in (args.trial or DEFAULT_TRIALS)]
     if args.device:
         chosen = [s.with_overrides({"device": args.device}) for s in chosen]
-    if args.batches < 1:
-        raise SettingsError(f"--batches = {args.batches} is invalid; use 1 or more")
+    threads = list(dict.fromkeys(args.threads or [1]))
+    for option, value, minimum in (
+        ("--batches", args.batches, 1),
+        ("--warm-batches", args.warm_batches, 1),
+        ("--threads", min(threads), 1),
+    ):
+        if value < minimum:
+            raise SettingsError(f"{option} = {value} is invalid; use {minimum} or more")
+    if args.settle or len(threads) > 1:
+        settles = list(dict.fromkeys(args.settle or ["euler"]))
+        for settings in chosen:
+            time_phases(
+                settings, settles, threads, args.batches, args.warm_batches, args.data_dir
+            )
+        return 0
     run_benchmark(
-        chosen, args.engine or ("dense", "fast"), args.batches, args.threads, layout=args.layout
+        chosen, args.engine or ("dense", "fast"), args.batches, threads[0], layout=args.layout
     )
     return 0
 

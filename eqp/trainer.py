@@ -12,8 +12,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,15 +203,12 @@ class Trainer:
         size = x.shape[0]
         d_weights = (both.T @ signed).div_(beta).div_(size).mul_(self._mask_columns)
         d_biases = ((r_nudged - r_free) / beta).mean(0)
-        with _one_thread(torch.get_num_threads() > 1):
-            rates = torch.stack(
-                [
-                    torch.linalg.vector_norm(d_weights[rows, cols]) / math.sqrt(count)
-                    for (rows, cols), count in zip(
-                        self._pair_columns, self._pair_counts, strict=True
-                    )
-                ]
-            )
+        rates = torch.stack(
+            [
+                torch.linalg.vector_norm(d_weights[rows, cols]) / math.sqrt(count)
+                for (rows, cols), count in zip(self._pair_columns, self._pair_counts, strict=True)
+            ]
+        )
         columns = self.net.weights[:, n_in:]
         if self._factor is None:
             rate = float(self.settings.learning_rate)
@@ -445,10 +441,12 @@ def run_trial(
     """Train ``settings`` for its epochs and write a complete trial folder to ``out_dir``.
 
     With ``checkpoint`` (a file path outside the declared outputs) the state is saved after
-    every epoch and a rerun continues from the last complete one.
+    every epoch and a rerun continues from the last complete one. ``threads`` is the number
+    of cores the fused kernel uses; torch itself stays on one thread, because MKL splits a
+    product's inner dimension differently for other thread counts (the input drive's GEMM
+    rounds differently at 3 threads here), and results must not depend on the thread count.
     """
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(1)
     started = time.perf_counter()
     trainer = Trainer(
         settings,
@@ -544,21 +542,6 @@ def _work_text(tally: WorkTally) -> str:
     if not tally.examples:
         return "-"
     return f"mean {tally.total / tally.examples:.1f}, max {tally.most}, capped {tally.capped}"
-
-
-@contextmanager
-def _one_thread(active: bool) -> Iterator[None]:
-    """torch on one thread inside the block: its parallel reductions split the sum by thread
-    count, so results that must not depend on it (the per-layer rates) are reduced serially."""
-    if not active:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _progress_bar(enabled: bool, settings: TrialSettings, per_epoch: int, done: int) -> Any:

@@ -58,3 +58,13 @@ def slurm(tmp_path_factory):
         pytest.skip(reason)
     with slurm_cluster(tmp_path_factory.mktemp("slurm")) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory):
+    """MNIST's four files in a fresh data root, obtained as the pipeline obtains them."""
+    from eqp.sources import ensure_dataset
+
+    root = tmp_path_factory.mktemp("mnist_root")
+    ensure_dataset("mnist", root)
+    return root

@@ -248,6 +248,37 @@ def test_cli_bench_prints_seconds_per_batch_for_each_engine():
     assert "speedup(dense/fast)=" in result.stdout
 
 
+def test_cli_bench_times_settle_methods_and_thread_counts_from_one_warm_state():
+    result = _cli(
+        "bench",
+        "--trial",
+        "wine_5layer_mlff",
+        "--settle",
+        "euler",
+        "--settle",
+        "sor",
+        "--threads",
+        "1",
+        "--threads",
+        "2",
+        "--batches",
+        "2",
+        "--warm-batches",
+        "5",
+    )
+    assert result.returncode == 0, result.stderr
+    timings = [line for line in result.stdout.splitlines() if "s/train_batch=" in line]
+    assert [(t.split()[1], t.split()[2]) for t in timings] == [
+        ("settle=euler", "threads=1"),
+        ("settle=euler", "threads=2"),
+        ("settle=sor", "threads=1"),
+        ("settle=sor", "threads=2"),
+    ]
+    assert "train mean 1000.0" in timings[0]  # the Euler phase costs its fixed steps
+    assert "settle euler->sor: train batch" in result.stdout
+    assert "threads 1->2: train batch" in result.stdout
+
+
 @pytest.mark.parametrize("correct", [False, True])
 def test_per_layer_rates_scale_blocks_and_bias_as_configured(paper_trials, correct):
     rates = [0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625]

@@ -397,17 +397,13 @@ int eqp_settle(const struct eqp_plan *p, int steps, float *s, float *buf, const 
     if (threads < 1) threads = 1;
     struct euler_job job = {p, &t, steps, s, buf, drive, target, keep, pull, first_output,
                             0, bound};
-    int nt;
-    if (p->strips >= threads) {
-        job.by_strips = 1;
-        nt = threads;
-    } else {
+    int nt = threads;
+    job.by_strips = 1;
+    if (p->strips < threads) {
         nt = row_threads(p, &t, threads);
-        if (nt == 1 && p->strips > 1) {
-            job.by_strips = 1;
-            nt = p->strips;
-        }
-        split_tiles(&t, 0, t.n, job.by_strips ? 1 : nt, bound);
+        job.by_strips = nt == 1;
+        if (job.by_strips) nt = p->strips;
+        else split_tiles(&t, 0, t.n, nt, bound);
     }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -585,7 +581,7 @@ int eqp_converge(const struct eqp_plan *p, const struct eqp_converge_args *a, fl
     if (p->strips < threads) {
         nt = row_threads(p, &t, threads);
         by_strips = nt == 1;
-        if (by_strips) nt = p->strips < threads ? p->strips : threads;
+        if (by_strips) nt = p->strips;
     }
     int32_t *bound = malloc(sizeof(int32_t) * (size_t)p->n_segments * (nt + 1));
     float *res = malloc(sizeof(float) * (size_t)nt * RES_STRIDE);

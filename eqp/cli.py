@@ -122,6 +122,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--device", help="torch device (default: the trial's)")
 
+    study = commands.add_parser(
+        "equivalence",
+        help="measure converged settling (sor) against the faithful Euler phases",
+        description="Runs the studies of eqp.equivalence (small: 8 Diabetes/Wine trials x "
+        "seeds; mnist: two 5-layer MNIST trials, one epoch on the full data; states: SOR "
+        "fixed points against long Euler runs), prints their tables and writes "
+        "OUT/equivalence.json. Takes about half an hour on 2 cores.",
+    )
+    study.add_argument(
+        "--part",
+        action="append",
+        choices=("small", "mnist", "states"),
+        help="study to run (repeatable; default: all three)",
+    )
+    study.add_argument("--out", default="results/equivalence", help="output folder")
+    study.add_argument("--config", default=DEFAULT_CONFIG, help="config holding the trials")
+    study.add_argument("--data-dir", default="resources/datasets", help="MNIST data root")
+    study.add_argument("--jobs", type=int, default=2, help="trials trained side by side")
+    study.add_argument("--mnist-epochs", type=int, default=1, help="epochs of the mnist study")
+
     trials = commands.add_parser("trials", help="list the trials of a config")
     trials.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     return parser
@@ -183,6 +203,18 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _equivalence(args: argparse.Namespace) -> int:
+    from .equivalence import run
+
+    for option, value in (("--jobs", args.jobs), ("--mnist-epochs", args.mnist_epochs)):
+        if value < 1:
+            raise SettingsError(f"{option} = {value} is invalid; use 1 or more")
+    parts = args.part or ["small", "mnist", "states"]
+    run(parts, args.out, args.config, args.data_dir, mnist_epochs=args.mnist_epochs,
+        workers=args.jobs)
+    return 0
+
+
 def _trials(args: argparse.Namespace) -> int:
     for name, s in trials_from_config(
         load_yaml(args.config), Path(args.config).parent.parent
@@ -205,7 +237,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"train": _train, "bench": _bench, "trials": _trials}
+    handlers = {
+        "train": _train,
+        "bench": _bench,
+        "equivalence": _equivalence,
+        "trials": _trials,
+    }
     user_errors = _user_errors()
     try:
         return handlers[args.command](args)

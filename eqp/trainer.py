@@ -622,16 +622,5 @@ def write_trial_folder(
         "seconds": seconds,
         "versions": versions(),
     }
-    records.atomic_write_json(folder / "summary.json", _json_safe(summary))
+    records.atomic_write_json(folder / "summary.json", records.json_safe(summary))
     return summary
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN becomes null so that summary.json stays strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value

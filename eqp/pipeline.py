@@ -47,12 +47,19 @@ FIGURE_TRIALS = {
     "fig5": ("mnist_5layer_mlff", "mnist_5layer_swni"),
 }
 
-# Resource model of a training job on one CPU thread of the fast engine, fitted to this
-# project's measurements and rounded up: a settling step costs a fixed overhead plus a time
-# per connection and example (mnist_5layer ~0.2 s and mnist_3layer ~0.6 s per batch of 20;
-# diabetes_8layer ~5 s per epoch, where the fixed overhead dominates).
-SECONDS_PER_STEP = 2.0e-5
-SECONDS_PER_EDGE_EXAMPLE = 1.0e-10
+# Resource model of a training job on the CPU (fused kernel), fitted to `python -m eqp bench`
+# on this project's 2-core machine and rounded up; the Slurm time limit is twice the estimate.
+# A settling step (Euler step or SOR pass) costs a fixed overhead plus a time per non-input
+# connection and example (mnist_5layer ~45-60 us and mnist_3layer ~0.4-0.6 ms per step of a
+# batch of 20); threads divide it (PARALLEL_EFFICIENCY per thread; the kernel stops adding
+# threads where a net is too small). The weight update and the input drive stay on one thread.
+SECONDS_PER_STEP = 2.0e-6
+SECONDS_PER_EDGE_EXAMPLE = 3.5e-11
+SECONDS_PER_UPDATE_ENTRY = 8.0e-9  # per entry of the N x hidden update, per training batch
+PARALLEL_EFFICIENCY = 0.8
+# SOR passes per batch assumed for the estimate: a batch costs its slowest example, measured
+# at ~120-190 on average for cold first epochs of the MNIST nets and ~80-130 for warm ones.
+SOR_PASSES = 200
 JOB_OVERHEAD_S = 60.0
 RUNTIME_MARGIN = 2.0
 MIN_RUNTIME_MIN = 10
@@ -337,10 +344,12 @@ class Plan:
         return {"gpu": 1} if self.uses_gpu else {}
 
     def trial_resources(self, trial: str, seed: int) -> dict[str, int]:
-        return estimate_resources(self.trial_settings(trial, seed), self.eval_chunk)
+        settings = self.trial_settings(trial, seed)
+        return estimate_resources(settings, self.eval_chunk, self.threads_per_job)
 
     def sweep_resources(self, label: str, seed: int) -> dict[str, int]:
-        return estimate_resources(self.sweep_settings(label, seed), self.eval_chunk)
+        settings = self.sweep_settings(label, seed)
+        return estimate_resources(settings, self.eval_chunk, self.threads_per_job)
 
 
 def connections(settings: TrialSettings) -> int:
@@ -358,19 +367,29 @@ def examples(settings: TrialSettings) -> tuple[int, int]:
     return n_train * settings.batch_size, n_test * settings.batch_size
 
 
-def estimate_seconds(settings: TrialSettings, eval_chunk: int = 50) -> float:
-    """A generous single-thread CPU estimate of a trial's wall time."""
+def _speedup(threads: int) -> float:
+    return 1.0 + PARALLEL_EFFICIENCY * (max(1, threads) - 1)
+
+
+def estimate_seconds(settings: TrialSettings, eval_chunk: int = 50, threads: int = 1) -> float:
+    """A generous CPU estimate of a trial's wall time with ``threads`` kernel threads."""
     n_train, n_test = settings.batch_counts()
-    size, edges = settings.batch_size, connections(settings)
+    size, sizes = settings.batch_size, settings.layer_sizes
+    edges = connections(settings) - sizes[0] * sizes[1]  # those among non-input neurons
+    speedup = _speedup(threads)
+    free_steps = settings.free_iterations
+    if settings.settle == "sor":
+        free_steps = min(settings.settle_cap, SOR_PASSES)
 
     def settle(steps: int, rows: int) -> float:
-        return steps * (SECONDS_PER_STEP + edges * rows * SECONDS_PER_EDGE_EXAMPLE)
+        return steps * (SECONDS_PER_STEP + 2 * edges * rows * SECONDS_PER_EDGE_EXAMPLE) / speedup
 
-    steps_train = settings.free_iterations + settings.weakly_clamped_iterations
-    train = n_train * settle(steps_train, size)
+    neurons = sum(sizes)
+    update = SECONDS_PER_UPDATE_ENTRY * neurons * (neurons - sizes[0])
+    train = n_train * (settle(free_steps + settings.weakly_clamped_iterations, size) + update)
     full, rest = divmod(n_test, max(1, eval_chunk))
-    evaluate = full * settle(settings.free_iterations, eval_chunk * size)
-    evaluate += settle(settings.free_iterations, rest * size) if rest else 0.0
+    evaluate = full * settle(free_steps, eval_chunk * size)
+    evaluate += settle(free_steps, rest * size) if rest else 0.0
     return settings.epochs * (train + evaluate) + evaluate + JOB_OVERHEAD_S
 
 
@@ -389,13 +408,15 @@ def estimate_mem_mb(settings: TrialSettings) -> int:
     return int(math.ceil(total / 100.0) * 100)
 
 
-def estimate_resources(settings: TrialSettings, eval_chunk: int = 50) -> dict[str, int]:
+def estimate_resources(
+    settings: TrialSettings, eval_chunk: int = 50, threads: int = 1
+) -> dict[str, int]:
     """``mem_mb`` and ``runtime`` (minutes, Slurm's time limit) of one training job.
 
     The runtime is a CPU estimate with a margin; on a GPU it is far too long, which only
     costs queue priority. Override per rule with ``--set-resources train_trial:runtime=...``.
     """
-    minutes = RUNTIME_MARGIN * estimate_seconds(settings, eval_chunk) / 60.0
+    minutes = RUNTIME_MARGIN * estimate_seconds(settings, eval_chunk, threads) / 60.0
     return {
         "mem_mb": estimate_mem_mb(settings),
         "runtime": max(MIN_RUNTIME_MIN, int(math.ceil(minutes))),

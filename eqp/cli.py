@@ -141,6 +141,12 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--data-dir", default="resources/datasets", help="MNIST data root")
     study.add_argument("--jobs", type=int, default=2, help="trials trained side by side")
     study.add_argument("--mnist-epochs", type=int, default=1, help="epochs of the mnist study")
+    study.add_argument(
+        "--mnist-seed",
+        type=int,
+        action="append",
+        help="seed of the mnist study (repeatable; default 0)",
+    )
 
     trials = commands.add_parser("trials", help="list the trials of a config")
     trials.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
@@ -210,8 +216,15 @@ def _equivalence(args: argparse.Namespace) -> int:
         if value < 1:
             raise SettingsError(f"{option} = {value} is invalid; use 1 or more")
     parts = args.part or ["small", "mnist", "states"]
-    run(parts, args.out, args.config, args.data_dir, mnist_epochs=args.mnist_epochs,
-        workers=args.jobs)
+    run(
+        parts,
+        args.out,
+        args.config,
+        args.data_dir,
+        mnist_epochs=args.mnist_epochs,
+        mnist_seeds=args.mnist_seed or [0],
+        workers=args.jobs,
+    )
     return 0
 
 

@@ -107,15 +107,21 @@ def small_study(
 
 
 def mnist_study(
-    trials: dict[str, TrialSettings], out: Path, data_root: str, epochs: int, workers: int
+    trials: dict[str, TrialSettings],
+    out: Path,
+    data_root: str,
+    epochs: int,
+    workers: int,
+    seeds: Sequence[int] = (0,),
 ) -> dict[str, Any]:
     jobs = [
         Job(
-            trials[name].with_overrides({"epochs": epochs, "settle": method}),
-            str(out / "mnist" / name / method),
+            trials[name].with_overrides({"epochs": epochs, "settle": method, "seed": seed}),
+            str(out / "mnist" / name / method / f"seed{seed}"),
             data_root,
         )
         for name in MNIST_TRIALS
+        for seed in seeds
         for method in METHODS
     ]
     summaries = _run_all(jobs, workers)
@@ -124,6 +130,7 @@ def mnist_study(
         rows.append(
             {
                 "trial": summary["trial"],
+                "seed": summary["seed"],
                 "settle": job.settings.settle,
                 "epochs": summary["epochs_run"],
                 "train_error": 100 * summary["train_error"],
@@ -131,7 +138,7 @@ def mnist_study(
                 "seconds": summary["seconds"],
             }
         )
-    return {"epochs": epochs, "rows": rows}
+    return {"epochs": epochs, "seeds": list(seeds), "rows": rows}
 
 
 def states_study(
@@ -210,14 +217,14 @@ def markdown(report: dict[str, Any]) -> str:
     if "mnist" in report:
         mnist = report["mnist"]
         lines += [
-            f"MNIST, full data sets, {mnist['epochs']} epoch(s), seed 0 (% error):",
+            f"MNIST, full data sets, {mnist['epochs']} epoch(s) (% error):",
             "",
-            "| trial | settle | train error | test error | seconds |",
-            "|---|---|---:|---:|---:|",
+            "| trial | seed | settle | train error | test error | seconds |",
+            "|---|---:|---|---:|---:|---:|",
         ]
         for row in mnist["rows"]:
             lines.append(
-                f"| {row['trial']} | {row['settle']} | {row['train_error']:.2f} | "
+                f"| {row['trial']} | {row['seed']} | {row['settle']} | {row['train_error']:.2f} | "
                 f"{row['test_error']:.2f} | {row['seconds']:.0f} |"
             )
         lines.append("")
@@ -256,6 +263,7 @@ def run(
     data_root: str = "resources/datasets",
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
     mnist_epochs: int = 1,
+    mnist_seeds: Sequence[int] = (0,),
     workers: int = 2,
     emit: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -268,7 +276,7 @@ def run(
     if "small" in parts:
         report["small"] = small_study(trials, out, seeds, workers)
     if "mnist" in parts:
-        report["mnist"] = mnist_study(trials, out, data_root, mnist_epochs, workers)
+        report["mnist"] = mnist_study(trials, out, data_root, mnist_epochs, workers, mnist_seeds)
     if "states" in parts:
         report["states"] = states_study(trials, data_root, batches=3000, every=60)
     from .records import atomic_write_json, json_safe

@@ -19,7 +19,9 @@
  * measures the true residual at the unchanged state; it stops there if that is at most `tol`
  * too, else it sweeps on. Frozen columns no longer change, so a column's result depends on
  * nothing but its own trajectory: not on the other examples of its strip, the strip width
- * or the number of threads.
+ * or the number of threads. With more columns than one strip holds, each thread keeps one
+ * working strip and refills a lane with the next column as soon as its column has finished,
+ * so a converged example stops costing work.
  *
  * States are stored in strips of 8, 16 or 24 batch columns (one to three AVX vectors):
  * strip c is a contiguous (hidden x width) array, so a strip stays in cache while every row
@@ -431,6 +433,8 @@ struct converge_job {
     int by_strips;
     const int32_t *bound; /* per segment g: tiles of thread j are bound[g*(nt+1) + j] .. +1 */
     float *res;           /* nt x RES_STRIDE residuals (row split) */
+    float *scratch;       /* nt working strips (state, buffer, drive) without a row split */
+    int *next;            /* next column to settle without a row split */
 };
 
 #define CONVERGE_CASES(NV)                                                                 \
@@ -468,69 +472,105 @@ static inline void segment_tiles(const struct converge_job *j, int g, int tid, i
     }
 }
 
-/* Settle strip c. With a row split every thread of the team runs this for the same strip
- * and keeps an identical copy of the column modes. */
-static inline __attribute__((always_inline)) void converge_strip(
+/* Copy column col of the caller's strip layout (from) into lane `lane` of a working strip
+ * (to), or back when `out` is set. */
+static inline void copy_column(const struct eqp_plan *p, float *strips, float *lanes, int col,
+                               int lane, int out)
+{
+    const int width = p->width;
+    float *home = strips + (int64_t)(col / width) * p->hidden * width + col % width;
+    for (int64_t row = 0; row < p->hidden; row++) {
+        if (out) home[row * width] = lanes[row * width + lane];
+        else lanes[row * width + lane] = home[row * width];
+    }
+}
+
+/*
+ * Settle a set of lanes (the columns of one working strip). With a row split (`split`) the
+ * lanes are strip c of the caller's arrays, settled in place by the whole team, each thread
+ * keeping an identical copy of the lane modes. Otherwise the thread owns a working strip
+ * whose lanes it fills with the next unsettled columns (a shared counter) and refills as
+ * columns finish, so a finished column stops costing work.
+ */
+static inline __attribute__((always_inline)) void converge_lanes(
     const struct converge_job *j, int c, int tid, int nt)
 {
     const struct eqp_plan *p = j->p;
     const struct eqp_converge_args *a = j->a;
     const int width = p->width, split = !j->by_strips;
     const int64_t strip = (int64_t)p->hidden * width;
-    float *s = j->s + c * strip, *buf = j->buf + c * strip;
-    const float *d = j->drive + c * strip;
-    int mode[MAX_WIDTH], work[MAX_WIDTH], capped[MAX_WIDTH], back[MAX_WIDTH];
+    float *s, *buf, *d;
+    if (split) {
+        s = j->s + c * strip;
+        buf = j->buf + c * strip;
+        d = (float *)j->drive + c * strip;
+    } else {
+        s = j->scratch + (int64_t)tid * 3 * strip;
+        buf = s + strip;
+        d = buf + strip;
+    }
+    int col_of[MAX_WIDTH], mode[MAX_WIDTH], work[MAX_WIDTH], capped[MAX_WIDTH];
+    int back[MAX_WIDTH];
     float leave[MAX_WIDTH]; /* residual at which the column's Euler warm-up ends */
     float own[RES_STRIDE];
     float *res = split ? j->res + tid * RES_STRIDE : own;
     int live = 0;
-    for (int col = 0; col < width; col++) {
-        const int real = c * width + col < a->batch;
-        mode[col] = real ? EULER : DONE;
-        work[col] = capped[col] = 0;
-        live += real;
+    for (int lane = 0; lane < width; lane++) {
+        int col = c * width + lane;
+        if (!split) col = __atomic_fetch_add(j->next, 1, __ATOMIC_RELAXED);
+        col_of[lane] = col < a->batch ? col : -1;
+        if (!split) {
+            if (col_of[lane] >= 0) {
+                copy_column(p, j->s, s, col, lane, 0);
+                copy_column(p, (float *)j->drive, d, col, lane, 0);
+            } else {
+                for (int64_t row = 0; row < p->hidden; row++)
+                    s[row * width + lane] = d[row * width + lane] = 0.0f;
+            }
+        }
+        mode[lane] = col_of[lane] >= 0 ? EULER : DONE;
+        work[lane] = capped[lane] = 0;
+        live += col_of[lane] >= 0;
         int cold = 1;
-        for (int64_t row = 0; cold && row < p->hidden; row++) cold = s[row * width + col] == 0.0f;
-        leave[col] = cold ? a->cold_tol : a->warm_tol;
+        for (int64_t row = 0; cold && row < p->hidden; row++) cold = s[row * width + lane] == 0.0f;
+        leave[lane] = cold ? a->cold_tol : a->warm_tol;
     }
     while (live > 0) {
         vi sor[MAX_VECS];
         int euler = 0;
-        for (int col = 0; col < width; col++) {
-            ((int32_t *)sor)[col] = mode[col] == SWEEP ? -1 : 0;
-            euler |= mode[col] == EULER;
+        for (int lane = 0; lane < width; lane++) {
+            ((int32_t *)sor)[lane] = mode[lane] == SWEEP ? -1 : 0;
+            euler |= mode[lane] == EULER;
         }
-        for (int col = 0; col < width; col++) res[col] = 0.0f;
+        for (int lane = 0; lane < width; lane++) res[lane] = 0.0f;
         for (int g = 0; g < p->n_segments; g++) {
             int lo, hi;
             segment_tiles(j, g, tid, nt, &lo, &hi);
             converge_tiles(j, lo, hi, s, buf, d, sor, euler, res);
             if (split) barrier();
         }
-        live = 0;
-        for (int col = 0; col < width; col++) {
-            back[col] = 0;
-            if (mode[col] == DONE) continue;
-            float r = res[col];
+        for (int lane = 0; lane < width; lane++) {
+            back[lane] = 0;
+            if (mode[lane] == DONE) continue;
+            float r = res[lane];
             for (int q = 0; split && q < nt; q++) {
-                const float other = j->res[q * RES_STRIDE + col];
+                const float other = j->res[q * RES_STRIDE + lane];
                 r = other > r ? other : r;
             }
-            work[col]++;
+            work[lane]++;
             const int converged = r <= a->tol;
-            if (mode[col] == EULER) {
-                back[col] = !converged;
-                mode[col] = converged ? DONE : (r < leave[col] ? SWEEP : EULER);
-            } else if (mode[col] == SWEEP) {
-                mode[col] = converged ? CHECK : SWEEP;
+            if (mode[lane] == EULER) {
+                back[lane] = !converged;
+                mode[lane] = converged ? DONE : (r < leave[lane] ? SWEEP : EULER);
+            } else if (mode[lane] == SWEEP) {
+                mode[lane] = converged ? CHECK : SWEEP;
             } else {
-                mode[col] = converged ? DONE : SWEEP;
+                mode[lane] = converged ? DONE : SWEEP;
             }
-            if (mode[col] != DONE && work[col] >= a->max_work) {
-                mode[col] = DONE;
-                capped[col] = 1;
+            if (mode[lane] != DONE && work[lane] >= a->max_work) {
+                mode[lane] = DONE;
+                capped[lane] = 1;
             }
-            live += mode[col] != DONE;
         }
         if (euler) {
             for (int g = 0; g < p->n_segments; g++) {
@@ -539,16 +579,38 @@ static inline __attribute__((always_inline)) void converge_strip(
                 if (lo == hi) continue;
                 const int64_t r0 = j->t->row[lo], r1 = j->t->row[hi - 1] + j->t->rows[hi - 1];
                 for (int64_t row = r0; row < r1; row++)
-                    for (int col = 0; col < width; col++)
-                        if (back[col]) s[row * width + col] = buf[row * width + col];
+                    for (int lane = 0; lane < width; lane++)
+                        if (back[lane]) s[row * width + lane] = buf[row * width + lane];
             }
         }
         if (split) barrier();
-    }
-    if (tid == 0 || !split) {
-        for (int col = 0; col < width && c * width + col < a->batch; col++) {
-            j->work[c * width + col] = work[col];
-            j->capped[c * width + col] = capped[col];
+        live = 0;
+        for (int lane = 0; lane < width; lane++) {
+            const int col = col_of[lane];
+            if (col < 0) continue;
+            if (mode[lane] != DONE) {
+                live++;
+                continue;
+            }
+            if (tid == 0 || !split) {
+                j->work[col] = work[lane];
+                j->capped[col] = capped[lane];
+            }
+            col_of[lane] = -1;
+            if (split) continue;
+            copy_column(p, j->s, s, col, lane, 1);
+            const int next = __atomic_fetch_add(j->next, 1, __ATOMIC_RELAXED);
+            if (next >= a->batch) continue;
+            col_of[lane] = next;
+            copy_column(p, j->s, s, next, lane, 0);
+            copy_column(p, (float *)j->drive, d, next, lane, 0);
+            mode[lane] = EULER;
+            work[lane] = capped[lane] = 0;
+            int cold = 1;
+            for (int64_t row = 0; cold && row < p->hidden; row++)
+                cold = s[row * width + lane] == 0.0f;
+            leave[lane] = cold ? a->cold_tol : a->warm_tol;
+            live++;
         }
     }
 }
@@ -556,12 +618,10 @@ static inline __attribute__((always_inline)) void converge_strip(
 CLONES void eqp_converge_worker(const struct converge_job *j, int tid, int nt)
 {
     if (j->by_strips) {
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (int c = 0; c < j->p->strips; c++) converge_strip(j, c, tid, nt);
+        /* every thread settles lanes until the shared column counter runs out */
+        converge_lanes(j, 0, tid, nt);
     } else {
-        for (int c = 0; c < j->p->strips; c++) converge_strip(j, c, tid, nt);
+        for (int c = 0; c < j->p->strips; c++) converge_lanes(j, c, tid, nt);
     }
 }
 
@@ -585,15 +645,20 @@ int eqp_converge(const struct eqp_plan *p, const struct eqp_converge_args *a, fl
     }
     int32_t *bound = malloc(sizeof(int32_t) * (size_t)p->n_segments * (nt + 1));
     float *res = malloc(sizeof(float) * (size_t)nt * RES_STRIDE);
-    if (!bound || !res) {
+    float *scratch = by_strips ? malloc(sizeof(float) * 3 * (size_t)nt * p->hidden * p->width)
+                               : NULL;
+    if (!bound || !res || (by_strips && !scratch)) {
         free(bound);
         free(res);
+        free(scratch);
         free_tiles(&t);
         return -1;
     }
     for (int g = 0; g < p->n_segments; g++)
         split_tiles(&t, t.first[g], t.first[g + 1], by_strips ? 1 : nt, bound + g * (nt + 1));
-    struct converge_job job = {p, &t, a, s, buf, drive, work, capped, by_strips, bound, res};
+    int next = 0;
+    struct converge_job job = {p, &t, a, s, buf, drive, work, capped, by_strips, bound, res,
+                               scratch, &next};
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)
     eqp_converge_worker(&job, THREAD_ID(), TEAM_SIZE());
@@ -603,6 +668,7 @@ int eqp_converge(const struct eqp_plan *p, const struct eqp_converge_args *a, fl
 #endif
     free(bound);
     free(res);
+    free(scratch);
     free_tiles(&t);
     return nt;
 }

@@ -21,7 +21,23 @@ def folder_outputs(folder):
     return {key: f"{folder}/{name}" for key, name in FOLDER_KEYS.items()}
 
 
+# What the last jobs make from the run folders; benchmarks/jobs.tsv is built after these.
+SUMMARIES = [
+    *expand("figures/{figure}.{ext}", figure=pipeline.FIGURES, ext=("pdf", "png")),
+    *expand("tables/table1.{ext}", ext=("csv", "md", "tex")),
+    f"{RESULTS}/runs.tsv",
+]
+
+
 wildcard_constraints:
     trial="|".join(PLAN.trial_names),
     seed=r"\d+",
     p=r"\d+\.\d{6}",
+
+
+def figure_labels(file_format):
+    """Report labels of one figure file: 'Fig. 2' etc. and its format."""
+    return lambda wildcards: {
+        "figure": f"Fig. {wildcards.figure.removeprefix('fig')}",
+        "format": file_format,
+    }

@@ -1,4 +1,4 @@
-"""Static checks that CI runs with the tests: ruff over the repository, snakefmt over the workflow."""
+"""Static checks that CI runs with the tests: ruff over the repository, snakefmt on workflow/."""
 
 from __future__ import annotations
 

@@ -29,7 +29,8 @@ def test_killed_job_resumes_to_the_uninterrupted_result(tmp_path):
     root = tmp_path / "work"
     copy_workflow(root)
     config = load_yaml(REPO / "config" / "tiny.yaml")
-    config["trial_overrides"] = {TRIAL: {"epochs": 6, "free_iterations": 300}}
+    # long enough (a few seconds) that the kill lands mid-training, not after it
+    config["trial_overrides"] = {TRIAL: {"epochs": 60, "free_iterations": 1000}}
     configfile = write_config(root / "config" / "resume.yaml", config)
     plan = pipeline.Plan.from_config(config, root)
     target = f"{plan.results_dir}/trials/{TRIAL}/seed0/summary.json"

@@ -232,5 +232,5 @@ def job_benchmarks(files: Mapping[str, Sequence[str | os.PathLike]]) -> pd.DataF
 
 
 def write_job_benchmarks(files: Mapping[str, Sequence[str | os.PathLike]], out: str) -> None:
-    """``benchmarks/jobs.tsv``: :func:`job_benchmarks` written atomically."""
+    """``results/jobs.tsv``: :func:`job_benchmarks` written atomically."""
     atomic_write_text(out, tsv_text(job_benchmarks(files)))

@@ -494,7 +494,7 @@ def test_tiny_run_produces_every_artifact(tiny_run: dict[str, Any]) -> None:
     expected = [root / "figures" / f"fig{n}.{ext}" for n in (2, 3, 4, 5) for ext in ("pdf", "png")]
     expected += [root / "tables" / f"table1.{ext}" for ext in ("csv", "md", "tex")]
     expected += [root / f for f in plan.all_trial_outputs() + plan.all_sweep_outputs()]
-    expected += [root / "results" / "runs.tsv", root / "benchmarks" / "jobs.tsv"]
+    expected += [root / "results" / "runs.tsv", root / "results" / "jobs.tsv"]
     empty = [str(p) for p in expected if not p.is_file() or p.stat().st_size == 0]
     assert not empty, empty
     rows = (root / "tables" / "table1.csv").read_text().splitlines()
@@ -532,7 +532,7 @@ def test_runs_index_has_one_row_per_folder_with_the_published_values(
     assert "epochs" not in runs.columns and set(runs["settle"]) == {"euler"}
     assert (runs["seconds_per_epoch"] > 0).all() and (runs["epochs_run"] == 1).all()
 
-    jobs = pd.read_csv(root / "benchmarks" / "jobs.tsv", sep="\t")
+    jobs = pd.read_csv(root / "results" / "jobs.tsv", sep="\t")
     assert Counter(jobs["rule"]) == Counter(
         {"fetch_dataset": 2, "train_trial": ALL_TRIALS, "train_sweep_point": 4, "figure": 4,
          "table1": 1, "runs_index": 1}

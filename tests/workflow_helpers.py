@@ -101,8 +101,11 @@ def comparable(path: Path) -> Any:
 
 
 def pipeline_results(root: Path, results_dir: str = "results") -> dict[str, Any]:
-    """Every comparable file of a finished pipeline run, by path relative to ``root``."""
-    files = [p for p in (root / results_dir).rglob("*") if p.is_file()]
+    """Every comparable file of a finished pipeline run, by path relative to ``root``.
+
+    jobs.tsv is left out: it holds nothing but the jobs' runtimes and memory.
+    """
+    files = [p for p in (root / results_dir).rglob("*") if p.is_file() and p.name != "jobs.tsv"]
     files.append(root / "tables" / "table1.csv")
     return {str(p.relative_to(root)): comparable(p) for p in sorted(files)}
 

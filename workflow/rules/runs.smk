@@ -3,21 +3,6 @@
 # the report; `python -m eqp runs results` prints the index of any results folder.
 
 
-def benchmark_files():
-    """The benchmark file of every job of the default target, by rule (rules' own patterns)."""
-    files = {
-        "fetch_dataset": expand(rules.fetch_dataset.benchmark, folder=PLAN.fetched_folders()),
-        "train_trial": expand(rules.train_trial.benchmark, trial=PLAN.trial_names, seed=PLAN.seeds),
-        "train_sweep_point": expand(
-            rules.train_sweep_point.benchmark, p=PLAN.sweep_labels, seed=PLAN.seeds
-        ),
-        "figure": expand(rules.figure.benchmark, figure=pipeline.FIGURES),
-        "table1": [rules.table1.benchmark],
-        "runs_index": [rules.runs_index.benchmark],
-    }
-    return {rule: [str(path) for path in paths] for rule, paths in files.items()}
-
-
 rule runs_index:
     input:
         [f"{folder}/summary.json" for folder in PLAN.run_folders()],
@@ -37,8 +22,8 @@ rule runs_index:
         mem_mb=1000,
         runtime=10,
     params:
-        folders=PLAN.run_folders(),
-        results_dir=RESULTS,
+        folders=lambda wildcards, input: [str(Path(f).parent) for f in input],
+        results_dir=lambda wildcards, output: str(Path(output[0]).parent),
     script:
         "../../scripts/runs_index.py"
 
@@ -51,7 +36,7 @@ rule job_benchmarks:
         SUMMARIES,
     output:
         report(
-            "benchmarks/jobs.tsv",
+            f"{RESULTS}/jobs.tsv",
             caption="../report/jobs.rst",
             category="Runs",
             labels={"table": "jobs: runtime and memory"},

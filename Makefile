@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 
-.PHONY: run paper test test-fast bench lint clean venv
+.PHONY: run paper test test-fast bench lint format clean venv
 
 venv: $(VENV)/.installed
 
@@ -31,11 +31,18 @@ test-fast: venv
 bench: venv
 	$(BIN)/python -m eqp bench --batches 3
 
-# ruff must be clean; snakemake --lint reports one documented lint (no conda envs: the
-# Snakefile imports eqp, so everything runs in this one environment) and exits 1 for it.
+# ruff and snakefmt must be clean; snakemake --lint reports one documented lint (no conda
+# envs: the Snakefile imports eqp, so everything runs in this one environment) and exits 1
+# for it.
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check workflow
 	-$(BIN)/snakemake --lint
+
+# Format the workflow and regenerate config/README.md's parameter tables from the schema.
+format: venv
+	$(BIN)/snakefmt workflow
+	$(BIN)/python -m eqp config-doc --write config/README.md
 
 clean:
 	rm -rf results figures tables logs benchmarks/runs report.html .snakemake

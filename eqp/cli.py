@@ -1,4 +1,4 @@
-"""Command line: ``python -m eqp train | bench | trials``.
+"""Command line: ``python -m eqp train | bench | trials | runs | config-doc``.
 
 The pipeline's scripts call the same library functions directly; this is for people.
 """
@@ -6,6 +6,7 @@ The pipeline's scripts call the same library functions directly; this is for peo
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from .settings import (
 )
 
 DEFAULT_CONFIG = "config/paper.yaml"
+SCHEMA = "workflow/schemas/config.schema.yaml"
 # The fast engine's weight layouts (eqp.dynamics.LAYOUTS), spelt out so --help needs no torch.
 LAYOUTS = ("auto", "dense", "blocked", "fused")
 
@@ -150,6 +152,28 @@ def _parser() -> argparse.ArgumentParser:
 
     trials = commands.add_parser("trials", help="list the trials of a config")
     trials.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+
+    runs = commands.add_parser(
+        "runs",
+        help="print the runs index of a results folder",
+        description="One row per finished folder (one holding summary.json) under "
+        "RESULTS_DIR, trained by the pipeline or not: name, seed, p, every setting that "
+        "differs between rows, settle method, engine layout, threads, epochs, final errors, "
+        "log-spread, seconds per epoch and the published values. Errors are fractions "
+        "(mean costs for diabetes).",
+    )
+    runs.add_argument("results_dir", nargs="?", default="results", metavar="RESULTS_DIR")
+    runs.add_argument("--tsv", action="store_true", help="print TSV (as results/runs.tsv)")
+
+    doc = commands.add_parser(
+        "config-doc",
+        help="print the pipeline config's parameter tables (Markdown) from its schema",
+        description="The parameter tables of config/README.md, generated from the JSON "
+        "schema of the pipeline config. With --write FILE, replace the generated section of "
+        "FILE instead of printing.",
+    )
+    doc.add_argument("--schema", default=SCHEMA, help=f"the schema (default {SCHEMA})")
+    doc.add_argument("--write", metavar="FILE", help="update the generated section of FILE")
     return parser
 
 
@@ -164,18 +188,25 @@ def _train(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, key)
     if overrides:
         settings = settings.with_overrides(overrides)
-    run_trial(
-        settings,
-        args.out,
-        args.data_dir,
-        engine=args.engine,
-        layout=args.layout,
-        checkpoint=args.checkpoint,
-        progress=not args.no_progress,
-        log=lambda line: print(line, file=sys.stderr),
-        preset=config.get("preset"),
-        threads=args.threads,
-    )
+    try:
+        run_trial(
+            settings,
+            args.out,
+            args.data_dir,
+            engine=args.engine,
+            layout=args.layout,
+            checkpoint=args.checkpoint,
+            progress=not args.no_progress,
+            log=lambda line: print(line, file=sys.stderr),
+            preset=config.get("preset"),
+            threads=args.threads,
+        )
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        from .pipeline import disk_full_error
+
+        raise disk_full_error(exc, (args.out, args.checkpoint)) from None
     print(Path(args.out) / "summary.json")
     return 0
 
@@ -237,15 +268,49 @@ def _trials(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs(args: argparse.Namespace) -> int:
+    from .runs import display_text, find_run_folders, runs_table, tsv_text
+
+    table = runs_table(find_run_folders(args.results_dir), base=args.results_dir)
+    print(tsv_text(table) if args.tsv else display_text(table), end="" if args.tsv else "\n")
+    return 0
+
+
+def _config_doc(args: argparse.Namespace) -> int:
+    from .pipeline import config_doc, load_schema, with_generated_section
+
+    tables = config_doc(load_schema(args.schema))
+    if args.write:
+        path = Path(args.write)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise SettingsError(f"{path} does not exist; --write updates an existing file") from exc
+        path.write_text(with_generated_section(text, tables, path), encoding="utf-8")
+        print(f"updated the parameter tables of {path}")
+    else:
+        print(tables, end="")
+    return 0
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors caused by input a user can fix: printed as one line, without a traceback."""
     from .data import DataError
     from .dynamics import LayoutError
+    from .pipeline import DiskFullError
     from .records import RecordError
     from .sources import DatasetError
     from .trainer import DeviceError
 
-    return (SettingsError, DataError, DatasetError, DeviceError, RecordError, LayoutError)
+    return (
+        SettingsError,
+        DataError,
+        DatasetError,
+        DeviceError,
+        RecordError,
+        LayoutError,
+        DiskFullError,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -255,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench": _bench,
         "equivalence": _equivalence,
         "trials": _trials,
+        "runs": _runs,
+        "config-doc": _config_doc,
     }
     user_errors = _user_errors()
     try:

@@ -31,6 +31,7 @@ from .records import FILES, TrialRecord
 from .settings import (
     SettingsError,
     TrialSettings,
+    load_settings_yaml,
     trial_from_dict,
     trials_from_config,
     with_seed,
@@ -40,6 +41,8 @@ from .settings import (
 DOWNLOADED = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 TRIAL_FILES = FILES
 FIGURES = ("fig2", "fig3", "fig4", "fig5")
+# Memory of a figure job (MB): Figure 5 holds two N x N mean |dW| matrices per seed.
+FIGURE_MEM_MB = {"fig2": 2000, "fig3": 2000, "fig4": 2000, "fig5": 4000}
 # The named trials each figure draws (fig4 draws the sweep instead).
 FIGURE_TRIALS = {
     "fig2": ("mnist_3layer_mlff", "mnist_3layer_mlffpl", "mnist_3layer_swni"),
@@ -74,8 +77,8 @@ def typed_cli_values(value: Any) -> Any:
     """Values of ``snakemake --config k=v`` with their YAML types back.
 
     Snakemake parses ``--config seeds=[0,1]`` with YAML's BaseLoader, which keeps every
-    nested scalar a string (``['0', '1']``); this turns such strings into the int, float,
-    bool or null they spell and leaves every other string alone.
+    nested scalar a string (``['0', '1']``); this turns such strings into the int, float
+    (``1e-3`` included), bool or null they spell and leaves every other string alone.
     """
     import yaml
 
@@ -85,7 +88,7 @@ def typed_cli_values(value: Any) -> Any:
         return [typed_cli_values(item) for item in value]
     if isinstance(value, str):
         try:
-            parsed = yaml.safe_load(value)
+            parsed = load_settings_yaml(value)
         except yaml.YAMLError:
             return value
         if parsed is None or isinstance(parsed, (bool, int, float)):
@@ -311,6 +314,20 @@ class Plan:
     def sweep_folders(self) -> list[str]:
         return [self.sweep_folder(p, s) for p in self.sweep_points for s in self.seeds]
 
+    def figure_sources(self, figure: str) -> dict[str, list[str]] | list[str]:
+        """What :func:`draw_figure` reads: the sweep folders for fig4, else label -> folders."""
+        return self.sweep_folders() if figure == "fig4" else self.figure_groups(figure)
+
+    def fetched_folders(self) -> list[str]:
+        """The data folders the fetch rule fills for this config (MNIST, FashionMNIST)."""
+        used = {settings.dataset for settings in self.trials.values()}
+        return [folder for name, folder in DOWNLOADED.items() if name in used]
+
+    def run_folders(self) -> list[str]:
+        """Every trial and sweep folder of the config, in the runs index's source order."""
+        trials = [self.trial_folder(t, s) for t in self.trials for s in self.seeds]
+        return trials + self.sweep_folders()
+
     def figure_inputs(self, figure: str) -> list[str]:
         if figure == "fig4":
             return self.all_sweep_outputs()
@@ -426,14 +443,47 @@ def estimate_resources(
 # -- entry points for scripts/ ----------------------------------------------------------
 
 
+class DiskFullError(RuntimeError):
+    """A write failed for lack of space; the message names where, and to free space."""
+
+
+def _device_of(path: Path) -> int | None:
+    """The filesystem (st_dev) that holds ``path`` or would hold it once created."""
+    for candidate in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            return os.stat(candidate).st_dev
+    return None
+
+
+def disk_full_error(exc: OSError, writes_to: Sequence[str | os.PathLike | None]) -> DiskFullError:
+    """One line for ENOSPC: the file (or else each filesystem written to) and what to do."""
+    paths = [Path(exc.filename)] if exc.filename else [Path(p) for p in writes_to if p]
+    by_device: dict[int | None, Path] = {}
+    for path in paths:
+        by_device.setdefault(_device_of(path), path)
+    where = " and ".join(str(p) for p in by_device.values()) or "the outputs"
+    return DiskFullError(
+        f"no space left on the device holding {where}: free space there, then run again "
+        "(a training job resumes after its last finished epoch)"
+    )
+
+
 @contextlib.contextmanager
-def logged(log_path: str | Path) -> Iterator[None]:
-    """Send logging, warnings and print output of the block to ``log_path``; log a failure."""
+def logged(
+    log_path: str | Path, writes_to: Sequence[str | os.PathLike | None] = ()
+) -> Iterator[None]:
+    """Send logging, warnings and print output of the block to ``log_path``; log a failure.
+
+    A full disk while writing ``writes_to`` ends the job with one line (in the log and on
+    stderr, via SystemExit) instead of a traceback: the fix is the same whatever the stack.
+    """
+    import errno
     import logging
     import traceback
 
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    failure: DiskFullError | None = None
     with open(log_path, "a", buffering=1) as handle:
         handler = logging.StreamHandler(handle)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -445,6 +495,12 @@ def logged(log_path: str | Path) -> Iterator[None]:
         try:
             with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
                 yield
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                handle.write(traceback.format_exc())
+                raise
+            failure = disk_full_error(exc, writes_to)
+            handle.write(f"error: {failure}\n")
         except BaseException:
             handle.write(traceback.format_exc())
             raise
@@ -452,6 +508,8 @@ def logged(log_path: str | Path) -> Iterator[None]:
             logging.captureWarnings(False)
             root.removeHandler(handler)
             root.setLevel(previous_level)
+    if failure is not None:
+        raise SystemExit(f"error: {failure}")
 
 
 def train(
@@ -469,7 +527,7 @@ def train(
     from .trainer import run_trial
 
     settings = trial_from_dict(params["name"], params["settings"])
-    with logged(log_path), warnings.catch_warnings():
+    with logged(log_path, writes_to=(out_dir, checkpoint)), warnings.catch_warnings():
         # torch's notes on its beta sparse tensors, once per job, are noise in a job log
         warnings.filterwarnings("ignore", message=".*[Ss]parse")
         print(f"settings: {settings.to_dict()}")
@@ -521,3 +579,146 @@ def schema_error_message(error: Any) -> str:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     where = path or "top level"
     return f"invalid config at {where}: {getattr(error, 'message', error)}"
+
+
+# -- the parameter tables of config/README.md, generated from the schema ----------------
+
+DOC_BEGIN = (
+    "<!-- parameter tables: generated from workflow/schemas/config.schema.yaml by "
+    "`python -m eqp config-doc --write config/README.md`; edit the schema, not this -->"
+)
+DOC_END = "<!-- end of the generated parameter tables -->"
+
+
+def load_schema(path: str | Path) -> dict[str, Any]:
+    """The pipeline config's JSON schema (YAML)."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return load_settings_yaml(handle)
+    except FileNotFoundError as exc:
+        raise SettingsError(
+            f"schema {path} does not exist; run from the repository root or pass --schema"
+        ) from exc
+
+
+def _resolve(node: Mapping[str, Any], schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``node`` with a local ``$ref`` replaced by its definition (sibling keywords kept)."""
+    while str(node.get("$ref", "")).startswith("#/$defs/"):
+        target = schema["$defs"][node["$ref"].rsplit("/", 1)[1]]
+        node = {**target, **{key: value for key, value in node.items() if key != "$ref"}}
+    return node
+
+
+def _literal(value: Any) -> str:
+    import json
+
+    return f"`{value}`" if isinstance(value, str) else f"`{json.dumps(value)}`"
+
+
+def _kind(node: Mapping[str, Any], schema: Mapping[str, Any]) -> str:
+    """What a schema node allows, in words: 'integer >= 1', 'one of `a`, `b`', ..."""
+    ref = node.get("$ref", "")
+    if ref.endswith(("/settings", "/trial")):
+        return "trial settings (table below)"
+    node = _resolve(node, schema)
+    if "enum" in node:
+        return "one of " + ", ".join(_literal(v) for v in node["enum"])
+    if "oneOf" in node:
+        return " or ".join(_kind(option, schema) for option in node["oneOf"])
+    types = node.get("type", [])
+    types = [types] if isinstance(types, str) else list(types)
+    words = []
+    for name in types:
+        if name == "array":
+            words.append(f"list, each {_kind(node.get('items', {}), schema)}")
+        elif name == "object":
+            extra = node.get("additionalProperties")
+            words.append(
+                f"mapping of names to {_kind(extra, schema)}"
+                if isinstance(extra, Mapping)
+                else "mapping"
+            )
+        else:
+            words.append(name)
+    text = " or ".join(words) or "any"
+    limits = [
+        f"{symbol} {node[key]}"
+        for key, symbol in (
+            ("minimum", ">="),
+            ("exclusiveMinimum", ">"),
+            ("maximum", "<="),
+        )
+        if key in node
+    ]
+    if "minItems" in node:
+        count = node["minItems"]
+        limits.append("non-empty" if count == 1 else f"{count} or more entries")
+    if "pattern" in node:
+        limits.append(f"matching `{node['pattern']}`")
+    if node.get("uniqueItems"):
+        limits.append("distinct")
+    return f"{text} ({', '.join(limits)})" if limits else text
+
+
+def _rows(
+    properties: Mapping[str, Any], required: Sequence[str], prefix: str, schema: Mapping[str, Any]
+) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for key, node in properties.items():
+        name = f"{prefix}{key}"
+        if "default" in node:
+            default = _literal(node["default"])
+        else:
+            default = "required" if key in required else ""
+        description = " ".join(str(node.get("description", "")).split())
+        rows.append((f"`{name}`", _kind(node, schema), default, description))
+        if "$ref" not in node and "properties" in node:
+            rows += _rows(node["properties"], node.get("required", []), f"{name}.", schema)
+    return rows
+
+
+def _table(rows: Sequence[tuple[str, str, str, str]]) -> str:
+    lines = ["| key | allowed values | default | description |", "|---|---|---|---|"]
+    for row in rows:
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def config_doc(schema: Mapping[str, Any]) -> str:
+    """config/README.md's two parameter tables (pipeline keys, trial settings) as Markdown."""
+    settings = schema["$defs"]["settings"]
+    trial = schema["$defs"]["trial"]
+    pipeline_rows = _rows(schema["properties"], schema.get("required", []), "", schema)
+    settings_rows = _rows(settings["properties"], trial.get("required", []), "", schema)
+    settings_rows = [
+        (key, kind, "required in `trials`" if default == "required" else default, text)
+        for key, kind, default, text in settings_rows
+    ]
+    return (
+        "### Pipeline keys\n\n"
+        + _table(pipeline_rows)
+        + "\n### Trial settings\n\n"
+        + " ".join(str(settings.get("description", "")).split())
+        + "\n\n"
+        + _table(settings_rows)
+    )
+
+
+def generated_section(text: str, source: str | Path = "config/README.md") -> str:
+    """The part of ``text`` between the generated section's markers."""
+    begin, end = text.find(DOC_BEGIN), text.find(DOC_END)
+    if begin < 0 or end < begin:
+        raise SettingsError(
+            f"{source} lacks the markers of the generated parameter tables; put the lines "
+            f"{DOC_BEGIN!r} and {DOC_END!r} where the tables belong"
+        )
+    return text[begin + len(DOC_BEGIN) : end].strip("\n") + "\n"
+
+
+def with_generated_section(text: str, tables: str, source: str | Path = "config/README.md") -> str:
+    """``text`` with the generated section replaced by ``tables``."""
+    generated_section(text, source)  # the markers must be there
+    head, _, rest = text.partition(DOC_BEGIN)
+    _, _, tail = rest.partition(DOC_END)
+    return f"{head}{DOC_BEGIN}\n\n{tables}\n{DOC_END}{tail}"

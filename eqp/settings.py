@@ -8,6 +8,7 @@ value and what is allowed.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -54,6 +55,39 @@ def batch_counts(
 
 class SettingsError(ValueError):
     """A trial setting or config entry is invalid; the message says which and how to fix it."""
+
+
+# A number in scientific notation without a dot or without a signed exponent (1e6, 1E-5,
+# 1.5e3): YAML 1.1, which PyYAML implements, reads these as strings; YAML 1.2 as floats.
+SCIENTIFIC_NOTATION = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class SettingsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads 1e6, 1E-5 and 1.5e+3 as numbers, as a user means."""
+
+
+SettingsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", SCIENTIFIC_NOTATION, list("-+0123456789.")
+)
+
+
+def load_settings_yaml(text: Any) -> Any:
+    """Parse YAML (a string or an open file) with :class:`SettingsLoader`."""
+    return yaml.load(text, Loader=SettingsLoader)
+
+
+def scientific_numbers(value: Any) -> Any:
+    """``value`` with every string spelling a number in scientific notation made that float.
+
+    For values parsed by someone else's YAML 1.1 loader (Snakemake's config files).
+    """
+    if isinstance(value, Mapping):
+        return {key: scientific_numbers(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scientific_numbers(item) for item in value]
+    if isinstance(value, str) and SCIENTIFIC_NOTATION.match(value):
+        return float(value.replace("_", ""))
+    return value
 
 
 @dataclass(frozen=True)
@@ -300,14 +334,17 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise SettingsError(f"--set expects key=value (e.g. --set epochs=2), got {text!r}")
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), load_settings_yaml(value)
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"--set {text!r}: the value is not valid YAML ({exc})") from exc
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         with open(path) as handle:
-            data = yaml.safe_load(handle)
+            data = load_settings_yaml(handle)
     except FileNotFoundError as exc:
         raise SettingsError(f"config file {path} does not exist") from exc
     except yaml.YAMLError as exc:

@@ -30,6 +30,9 @@ from .settings import TrialSettings
 from .topology import Topology, build_topology
 
 CHECKPOINT_FORMAT = 1
+CHECKPOINT_TENSORS = frozenset(
+    {"weights", "biases", "train_particles", "test_particles", "mean_abs_dw", "stream_key"}
+)
 
 
 class DeviceError(RuntimeError):
@@ -355,24 +358,32 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> bool:
         """Resume from ``path`` if it belongs to this exact trial; report whether it did."""
+        return self.resume_from(path) is None
+
+    def resume_from(self, path: Path) -> str | None:
+        """Resume from ``path``; None if it did, else why the checkpoint cannot be used."""
         if not path.is_file():
-            return False
+            return "it is not a file"
         from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(str(path), framework="pt") as handle:
                 meta = json.loads(handle.metadata()["state"])
             tensors = load_file(str(path))
-        except (OSError, ValueError, KeyError, TypeError, SafetensorError):
-            return False
+            stream = meta["stream"]
+            missing = CHECKPOINT_TENSORS - set(tensors)
+            if missing:
+                raise KeyError(", ".join(sorted(missing)))
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            return f"it is corrupt or truncated ({reason})"
         if meta.get("fingerprint") != self.fingerprint():
-            return False
+            return "it was made with other settings, another engine or another weight layout"
         self.net.weights.copy_(tensors["weights"])
         self.net.biases.copy_(tensors["biases"])
         self.train_particles.copy_(tensors["train_particles"])
         self.test_particles.copy_(tensors["test_particles"])
         self.mean_abs_dw.copy_(tensors["mean_abs_dw"])
-        stream = meta["stream"]
         key = tensors["stream_key"].numpy().astype(np.uint32)
         self.stream.set_state(("MT19937", key, stream["pos"], stream["has_gauss"], stream["gauss"]))
         self.beta = float(meta["beta"])
@@ -382,7 +393,7 @@ class Trainer:
             rates=list(tensors["rates"].numpy()) if "rates" in tensors else [],
         )
         self.engine.refresh()
-        return True
+        return None
 
 
 def log_spread(rates: np.ndarray) -> float:
@@ -446,6 +457,8 @@ def run_trial(
     product's inner dimension differently for other thread counts (the input drive's GEMM
     rounds differently at 3 threads here), and results must not depend on the thread count.
     """
+    checkpoint_path = Path(checkpoint) if checkpoint else None
+    _check_writable_places(Path(out_dir), checkpoint_path)
     torch.set_num_threads(1)
     started = time.perf_counter()
     trainer = Trainer(
@@ -463,14 +476,14 @@ def run_trial(
         f"({getattr(trainer.engine, 'layout', 'full')} layout) on {trainer.device}, "
         f"{trainer.threads} thread(s); free phase: {_settle_text(trainer.settle_record())}"
     )
-    checkpoint_path = Path(checkpoint) if checkpoint else None
     resumed = 0
     if checkpoint_path is not None and checkpoint_path.exists():
-        if trainer.load_checkpoint(checkpoint_path):
+        problem = trainer.resume_from(checkpoint_path)
+        if problem is None:
             resumed = trainer.epoch
             log(f"resumed from the checkpoint after epoch {resumed}")
         else:
-            log(f"ignored {checkpoint_path}: unreadable or made with other settings; starting over")
+            log(f"ignored the checkpoint {checkpoint_path}: {problem}; starting over")
     if not trainer.history.rows:
         tick = time.perf_counter()
         initial = trainer.evaluate()
@@ -542,6 +555,26 @@ def _work_text(tally: WorkTally) -> str:
     if not tally.examples:
         return "-"
     return f"mean {tally.total / tally.examples:.1f}, max {tally.most}, capped {tally.capped}"
+
+
+def _check_writable_places(out_dir: Path, checkpoint: Path | None) -> None:
+    """Refuse, before any training, an output folder or checkpoint that could not be written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise records.RecordError(
+            f"the output folder {out_dir} is an existing file; give a folder path (new or "
+            "existing) or move the file away"
+        )
+    if checkpoint is not None and checkpoint.is_dir():
+        raise records.RecordError(
+            f"the checkpoint {checkpoint} is an existing folder; give a file path instead"
+        )
+    for place in (out_dir, *([checkpoint.parent] if checkpoint is not None else [])):
+        blocking = next((p for p in place.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise records.RecordError(
+                f"{place} cannot be created: {blocking} is a file, not a folder; choose "
+                "another path"
+            )
 
 
 def _progress_bar(enabled: bool, settings: TrialSettings, per_epoch: int, done: int) -> Any:

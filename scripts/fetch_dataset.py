@@ -10,7 +10,7 @@ from eqp.sources import ensure_dataset
 
 smk = snakemake  # noqa: F821  (injected by Snakemake's script directive)
 
-with logged(smk.log[0]):
+with logged(smk.log[0], writes_to=smk.output):
     ensure_dataset(
         smk.params.name, smk.params.root, user_dir=smk.config.get("dataset_source_dir") or None
     )

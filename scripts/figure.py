@@ -1,8 +1,8 @@
-"""Snakemake script of fig2..fig5: draw one figure from recorded folders (eqp.figures)."""
+"""Snakemake script of the figure rule: draw one figure from recorded folders (eqp.figures)."""
 
 from eqp.pipeline import draw_figure, logged
 
 smk = snakemake  # noqa: F821  (injected by Snakemake's script directive)
 
-with logged(smk.log[0]):
-    draw_figure(smk.params.figure, smk.params.inputs, smk.output.pdf, smk.params.preset)
+with logged(smk.log[0], writes_to=smk.output):
+    draw_figure(smk.wildcards.figure, smk.params.inputs, smk.output.pdf, smk.params.preset)

@@ -11,47 +11,51 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import random
 import re
-import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
+from workflow_helpers import (
+    REPO,
+    SNAKEFILE,
+    SNAKEMAKE,
+    copy_workflow,
+    job_counts,
+    pipeline_results,
+    run_snakemake,
+    write_config,
+)
 
 from eqp import pipeline
 from eqp.settings import SettingsError, load_yaml
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEFILE = REPO / "workflow" / "Snakefile"
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 DEFAULT_CONFIG = REPO / "config" / "config.yaml"
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 TABLE_TRIALS = 14
 ALL_TRIALS = 15
 TRAIN_FILES = pipeline.TRIAL_FILES
-
-
-def run_snakemake(
-    *args: str, cwd: Path, snakefile: Path = SNAKEFILE, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    cmd = [str(SNAKEMAKE), "--snakefile", str(snakefile), "--directory", str(cwd), *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """The first 'Job stats' table of a Snakemake run, as rule -> count."""
-    _, _, table = output.partition("Job stats:")
-    counts: dict[str, int] = {}
-    for line in table.splitlines()[3:]:
-        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
-        if not match:
-            break
-        counts[match.group(1)] = int(match.group(2))
-    return counts
+# Rules with outputs (`all` has none): one lint each, the documented conda one.
+RULES = (
+    "fetch_dataset",
+    "train_trial",
+    "train_sweep_point",
+    "figure",
+    "table1",
+    "runs_index",
+    "job_benchmarks",
+)
 
 
 def dry_counts(tmp_path: Path, *args: str, targets: tuple[str, ...] = ()) -> dict[str, int]:
@@ -66,11 +70,6 @@ def dry_counts(tmp_path: Path, *args: str, targets: tuple[str, ...] = ()) -> dic
 
 def default_config() -> dict[str, Any]:
     return load_yaml(DEFAULT_CONFIG)
-
-
-def write_config(path: Path, config: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 # -- eqp.pipeline: the config resolved into jobs ------------------------------------------
@@ -182,7 +181,7 @@ def test_cli_values_get_their_types_back() -> None:
     assert pipeline.typed_cli_values(parsed) == {
         "seeds": [0, 1],
         "device": "cuda",
-        "x": {"epochs": 2, "p": "1e-3"},
+        "x": {"epochs": 2, "p": 0.001},
     }
     assert pipeline.typed_cli_values({"dataset_source_dir": "null"}) == {"dataset_source_dir": None}
 
@@ -252,6 +251,85 @@ def test_bad_config_is_one_readable_message(case: str, tmp_path: Path) -> None:
     assert "Failed validating" not in output  # no jsonschema schema dump
 
 
+def schema_properties(node: Any, path: str = "") -> list[tuple[str, dict]]:
+    """Every property anywhere in the schema (under properties, and the $defs), with its path."""
+    found = []
+    if isinstance(node, dict):
+        for key, child in (node.get("properties") or {}).items():
+            found.append((f"{path}.{key}".lstrip("."), child))
+        for key, child in node.items():
+            found += schema_properties(child, f"{path}.{key}".lstrip("."))
+    return found
+
+
+def test_every_schema_property_is_described() -> None:
+    schema = pipeline.load_schema(SCHEMA)
+    properties = schema_properties(schema)
+    assert len(properties) > 45
+    undescribed = [path for path, node in properties if not str(node.get("description", ""))]
+    assert not undescribed, undescribed
+    assert all(schema["$defs"][name].get("description") for name in ("settings", "trial"))
+    for name in ("settle", "settle_tol", "settle_max_steps"):
+        assert name in schema["$defs"]["settings"]["properties"], name
+
+
+def test_validation_fills_the_defaults_and_never_an_override() -> None:
+    """Optional pipeline keys get their default; a trial setting has none on purpose, because
+    a default in an override would overwrite every trial's own value."""
+    from snakemake.utils import validate
+
+    schema = pipeline.load_schema(SCHEMA)
+    optional = [k for k in schema["properties"] if k not in schema["required"]]
+    without_default = {k for k in optional if "default" not in schema["properties"][k]}
+    assert without_default == {"trials", "trials_file"}  # exclusive: one of them is given
+    assert not [k for k, v in schema["$defs"]["settings"]["properties"].items() if "default" in v]
+
+    config = {
+        "preset": "demo",
+        "seeds": [0],
+        "trials_file": "config/paper.yaml",
+        "trial_overrides": {"wine_5layer_mlff": {"epochs": 2}},
+        "sweep": {"base": "mnist_5layer_swni", "epochs": 1, "logspace": {"start": -1,
+                  "stop": 0, "num": 2}},
+    }  # fmt: skip
+    validate(config, str(SCHEMA))
+    assert config["results_dir"] == "results" and config["threads_per_job"] == 1
+    assert config["sweep"]["include_zero"] is True and config["sweep"]["overrides"] == {}
+    assert config["overrides"] == {} and config["dataset_overrides"] == {}
+    assert config["trial_overrides"] == {"wine_5layer_mlff": {"epochs": 2}}
+
+
+def test_config_readme_tables_are_the_ones_generated_from_the_schema() -> None:
+    readme = (REPO / "config" / "README.md").read_text()
+    generated = pipeline.config_doc(pipeline.load_schema(SCHEMA))
+    assert pipeline.generated_section(readme) == generated, (
+        "config/README.md is out of date: run `python -m eqp config-doc --write config/README.md`"
+    )
+    for path, _ in schema_properties(pipeline.load_schema(SCHEMA)):
+        leaf = path.rsplit(".", 1)[-1]
+        if not path.startswith("$defs.positive_number"):
+            assert f"`{leaf}`" in generated or f".{leaf}`" in generated, path
+
+
+def test_config_doc_command_rewrites_only_its_section(tmp_path: Path, capsys) -> None:
+    from eqp import cli
+
+    readme = tmp_path / "README.md"
+    text = (REPO / "config" / "README.md").read_text()
+    stale = text.replace("| `seeds` |", "| `seeds_old` |")
+    readme.write_text(stale)
+    assert cli.main(["config-doc", "--schema", str(SCHEMA), "--write", str(readme)]) == 0
+    assert readme.read_text() == text
+    assert cli.main(["config-doc", "--schema", str(SCHEMA)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.endswith(pipeline.config_doc(pipeline.load_schema(SCHEMA)))
+    readme.write_text("# no markers\n")
+    assert cli.main(["config-doc", "--schema", str(SCHEMA), "--write", str(readme)]) == 2
+    err = capsys.readouterr().err
+    assert "lacks the markers" in err and len(err.strip().splitlines()) == 1
+    assert readme.read_text() == "# no markers\n"
+
+
 # -- the DAG -------------------------------------------------------------------------------
 
 
@@ -259,7 +337,8 @@ def test_default_dag_has_every_job(tmp_path: Path) -> None:
     counts = dry_counts(tmp_path, "--configfile", str(DEFAULT_CONFIG))
     assert counts["train_trial"] == ALL_TRIALS
     assert counts["train_sweep_point"] == 31
-    assert all(counts[f] == 1 for f in ("fig2", "fig3", "fig4", "fig5", "table1"))
+    assert counts["figure"] == 4
+    assert all(counts[rule] == 1 for rule in ("table1", "runs_index", "job_benchmarks", "all"))
     assert counts["fetch_dataset"] == 2
 
 
@@ -274,34 +353,81 @@ def test_figure4_needs_only_the_sweep(tmp_path: Path) -> None:
     counts = dry_counts(
         tmp_path, "--configfile", str(DEFAULT_CONFIG), targets=("figures/fig4.pdf",)
     )
-    assert counts == {"fetch_dataset": 1, "train_sweep_point": 31, "fig4": 1, "total": 33}
+    assert counts == {"fetch_dataset": 1, "train_sweep_point": 31, "figure": 1, "total": 33}
 
 
 def test_figure2_needs_only_its_three_trials(tmp_path: Path) -> None:
     counts = dry_counts(
         tmp_path, "--configfile", str(DEFAULT_CONFIG), targets=("figures/fig2.pdf",)
     )
-    assert counts == {"fetch_dataset": 1, "train_trial": 3, "fig2": 1, "total": 5}
+    assert counts == {"fetch_dataset": 1, "train_trial": 3, "figure": 1, "total": 5}
 
 
-def test_paper_config_replaces_the_demo_config(tmp_path: Path) -> None:
-    """--configfile replaces config/config.yaml: no demo override leaks into a paper run.
+def test_one_figure_rule_makes_each_figure_from_its_own_inputs(tmp_path: Path) -> None:
+    """The figure wildcard picks each figure's folders, memory and files (dry run)."""
+    proc = run_snakemake(
+        "figures/fig5.png", "figures/fig4.pdf", "-n", "--configfile", str(DEFAULT_CONFIG),
+        cwd=tmp_path,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    jobs = [block.split("resources:")[0] + block.split("resources:")[1].split("\n")[0]
+            for block in output.split("rule figure:")[1:]]  # fmt: skip
+    assert len(jobs) == 2, output
+    by_figure = {re.search(r"wildcards: figure=(fig\d)", job).group(1): job for job in jobs}
+    assert "figures/fig5.pdf, figures/fig5.png" in by_figure["fig5"]
+    assert "mem_mb=4000" in by_figure["fig5"] and "mem_mb=2000" in by_figure["fig4"]
+    assert "mnist_5layer_swni/seed0/summary.json" in by_figure["fig5"]
+    assert "/trials/" not in by_figure["fig4"] and "/sweep/" not in by_figure["fig5"]
 
-    A one-line Snakefile around the real one prints the settings it resolved.
-    """
+
+def probe_settings(tmp_path: Path, *args: str, trial: str = "mnist_5layer_mlff") -> dict:
+    """The settings the real Snakefile resolves for ``trial``, printed by a one-line wrapper."""
     probe = tmp_path / "Probe.smk"
     probe.write_text(
         f"include: {str(SNAKEFILE)!r}\n"
         "import json\n"
-        "print('PROBE', json.dumps(PLAN.trial_params('mnist_5layer_mlff', 0)['settings']))\n"
+        f"print('PROBE', json.dumps(PLAN.trial_params({trial!r}, 0)['settings']))\n"
     )
-    proc = run_snakemake(
-        "-n", "--configfile", str(REPO / "config" / "paper.yaml"), cwd=tmp_path, snakefile=probe
-    )
+    proc = run_snakemake("-n", *args, cwd=tmp_path, snakefile=probe)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
-    settings = json.loads(output.split("PROBE ", 1)[1].splitlines()[0])
+    return json.loads(output.split("PROBE ", 1)[1].splitlines()[0])
+
+
+def test_paper_config_replaces_the_demo_config(tmp_path: Path) -> None:
+    """--configfile replaces config/config.yaml: no demo override leaks into a paper run."""
+    settings = probe_settings(tmp_path, "--configfile", str(REPO / "config" / "paper.yaml"))
     assert settings["epochs"] == 100 and settings["train_examples"] is None
+
+
+def test_scientific_notation_in_a_config_file_is_a_number(tmp_path: Path) -> None:
+    """Snakemake reads config files as YAML 1.1, where 1e-3 is a string; it arrives a number."""
+    config = default_config()
+    config["trials_file"] = str(REPO / config["trials_file"])  # the probe lives in tmp_path
+    config["trial_overrides"] = {"wine_5layer_mlff": {"learning_rate": "1e-3", "beta": "2E+0"}}
+    config["sweep"]["logspace"]["start"] = "-1e0"
+    path = tmp_path / "sci.yaml"
+    # written by hand: a YAML writer would quote 1e-3, which is not what a user types
+    path.write_text(
+        yaml.safe_dump(config, sort_keys=False)
+        .replace("'1e-3'", "1e-3")
+        .replace("'2E+0'", "2E+0")
+        .replace("'-1e0'", "-1e0")
+    )
+    assert "learning_rate: 1e-3" in path.read_text()
+    settings = probe_settings(tmp_path, "--configfile", str(path), trial="wine_5layer_mlff")
+    assert settings["learning_rate"] == 0.001 and settings["beta"] == 2.0
+
+
+def test_scientific_notation_on_the_snakemake_command_line_is_a_number(tmp_path: Path) -> None:
+    config = default_config()
+    config["trials_file"] = str(REPO / config["trials_file"])  # the probe lives in tmp_path
+    settings = probe_settings(
+        tmp_path, "--configfile", str(write_config(tmp_path / "demo.yaml", config)),
+        "--config", "overrides={learning_rate: 1e-3, epsilon: 5E-1}",
+    )  # fmt: skip
+    assert settings["learning_rate"] == 0.001 and settings["epsilon"] == 0.5
 
 
 def test_workflow_lint_has_only_the_documented_conda_lint() -> None:
@@ -314,7 +440,8 @@ def test_workflow_lint_has_only_the_documented_conda_lint() -> None:
     # while building the DAG; per-rule conda envs could not provide it (see workflow/Snakefile).
     assert titles == {"* Specify a conda environment or container for each rule.:"}, output
     rules = re.findall(r"^Lints for rule (\w+)", output, flags=re.MULTILINE)
-    assert len(rules) == 8, output  # one per rule with outputs; `all` has none
+    assert sorted(rules) == sorted(RULES), output
+    assert "Lints for snakefile" not in output, output
 
 
 # -- end to end on config/tiny.yaml --------------------------------------------------------
@@ -322,19 +449,17 @@ def test_workflow_lint_has_only_the_documented_conda_lint() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A copy of the workflow that has run config/tiny.yaml to the end, once.
+    """A copy of the workflow that has run config/tiny.yaml to the end, once, uninterrupted.
 
     Its data folder starts empty, so the run really fetches MNIST and Fashion-MNIST.
     """
     root = tmp_path_factory.mktemp("tiny")
-    dataset_cache = tmp_path_factory.mktemp("datasets")
-    for name in ("workflow", "scripts", "config"):
-        shutil.copytree(REPO / name, root / name)
+    snakefile = copy_workflow(root)
     config = load_yaml(REPO / "config" / "tiny.yaml")
-    config["data_dir"] = str(dataset_cache)
+    config["data_dir"] = str(tmp_path_factory.mktemp("datasets"))
     config["results_dir"] = "results"
     configfile = write_config(root / "config" / "test.yaml", config)
-    snakefile = root / "workflow" / "Snakefile"
+    started = time.monotonic()
     proc = run_snakemake(
         "--cores", "2", "--configfile", str(configfile), cwd=root, snakefile=snakefile,
         timeout=900,
@@ -347,6 +472,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "configfile": configfile,
         "snakefile": snakefile,
         "output": output,
+        "seconds": time.monotonic() - started,
     }
 
 
@@ -356,7 +482,8 @@ def test_tiny_run_executes_every_rule(tiny_run: dict[str, Any]) -> None:
     assert counts["train_trial"] == ALL_TRIALS
     assert counts["train_sweep_point"] == 4
     assert counts["fetch_dataset"] == 2
-    assert all(counts[f] == 1 for f in ("fig2", "fig3", "fig4", "fig5", "table1", "all"))
+    assert counts["figure"] == 4
+    assert all(counts[rule] == 1 for rule in ("table1", "runs_index", "job_benchmarks", "all"))
     finished = Counter(re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", tiny_run["output"]))
     assert finished == Counter({k: v for k, v in counts.items() if k != "total"})
 
@@ -368,6 +495,7 @@ def test_tiny_run_produces_every_artifact(tiny_run: dict[str, Any]) -> None:
     expected = [root / "figures" / f"fig{n}.{ext}" for n in (2, 3, 4, 5) for ext in ("pdf", "png")]
     expected += [root / "tables" / f"table1.{ext}" for ext in ("csv", "md", "tex")]
     expected += [root / f for f in plan.all_trial_outputs() + plan.all_sweep_outputs()]
+    expected += [root / "results" / "runs.tsv", root / "results" / "jobs.tsv"]
     empty = [str(p) for p in expected if not p.is_file() or p.stat().st_size == 0]
     assert not empty, empty
     rows = (root / "tables" / "table1.csv").read_text().splitlines()
@@ -376,9 +504,55 @@ def test_tiny_run_produces_every_artifact(tiny_run: dict[str, Any]) -> None:
     for kind in ("trials", "sweep", "figures", "data"):
         assert any((root / "logs" / kind).rglob("*.log")), kind
     benchmarks = list((root / "benchmarks" / "runs").rglob("*.tsv"))
-    assert len(benchmarks) == 2 + ALL_TRIALS + 4 + 4 + 1
+    assert len(benchmarks) == 2 + ALL_TRIALS + 4 + 4 + 1 + 1
     # no checkpoint survives a finished job
     assert not list((root / "results" / "checkpoints").rglob("*.safetensors"))
+
+
+@pytest.mark.slow
+def test_runs_index_has_one_row_per_folder_with_the_published_values(
+    tiny_run: dict[str, Any],
+) -> None:
+    root: Path = tiny_run["root"]
+    runs = pd.read_csv(root / "results" / "runs.tsv", sep="\t")
+    plan = pipeline.Plan.from_config(tiny_run["config"], root)
+    expected = [str(Path(f).relative_to("results")) for f in plan.run_folders()]
+    assert runs["folder"].tolist() == expected
+    assert (runs["kind"] == "sweep").sum() == 4 and (runs["kind"] == "trial").sum() == ALL_TRIALS
+    trials = runs[runs["kind"] == "trial"].set_index("name")
+    for name in trials.index:
+        summary = json.loads((root / f"results/trials/{name}/seed0/summary.json").read_text())
+        assert trials.loc[name, "test_error"] == summary["test_error"], name
+        assert trials.loc[name, "engine_layout"] == summary["engine_layout"], name
+    wine = trials.loc["wine_5layer_swni"]
+    assert wine["paper_test_error"] == 0.28 and wine["paper_epochs_run"] == 10
+    assert runs[runs["kind"] == "sweep"]["paper_test_error"].isna().all()
+    assert sorted(runs[runs["kind"] == "sweep"]["p"]) == [0.0, 0.01, 0.1, 1.0]
+    # the tiny config varies data sets, layers, rates and batch sizes, not epochs or settle
+    assert {"dataset", "layer_sizes", "learning_rate", "batch_size"} <= set(runs.columns)
+    assert "epochs" not in runs.columns and set(runs["settle"]) == {"euler"}
+    assert (runs["seconds_per_epoch"] > 0).all() and (runs["epochs_run"] == 1).all()
+
+    jobs = pd.read_csv(root / "results" / "jobs.tsv", sep="\t")
+    assert Counter(jobs["rule"]) == Counter(
+        {"fetch_dataset": 2, "train_trial": ALL_TRIALS, "train_sweep_point": 4, "figure": 4,
+         "table1": 1, "runs_index": 1}
+    )  # fmt: skip
+    assert "trials/wine_5layer_swni/seed0" in set(jobs["job"])
+    assert (jobs["s"] > 0).all() and (jobs.loc[jobs["rule"] == "train_trial", "max_rss"] > 0).all()
+
+
+@pytest.mark.slow
+def test_runs_command_prints_the_index_of_the_pipeline_results(tiny_run: dict[str, Any]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "eqp", "runs", str(tiny_run["root"] / "results"), "--tsv"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    printed = proc.stdout.splitlines()
+    written = (tiny_run["root"] / "results" / "runs.tsv").read_text().splitlines()
+    # the pipeline keeps the config's order; the command sorts by folder, trials first
+    assert printed[0] == written[0] and sorted(printed[1:]) == sorted(written[1:])
 
 
 @pytest.mark.slow
@@ -403,7 +577,7 @@ def test_second_run_has_nothing_to_do(tiny_run: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
-def test_changing_one_trial_reruns_only_it_and_the_table(tiny_run: dict[str, Any]) -> None:
+def test_changing_one_trial_reruns_only_it_and_what_reads_it(tiny_run: dict[str, Any]) -> None:
     config = copy.deepcopy(tiny_run["config"])
     config["trial_overrides"] = {"wine_5layer_mlff": {"epochs": 2}}
     changed = write_config(tiny_run["root"] / "config" / "changed.yaml", config)
@@ -413,12 +587,14 @@ def test_changing_one_trial_reruns_only_it_and_the_table(tiny_run: dict[str, Any
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     counts = job_counts(output)
-    assert counts == {"train_trial": 1, "table1": 1, "all": 1, "total": 3}, output[-3000:]
+    assert counts == {
+        "train_trial": 1, "table1": 1, "runs_index": 1, "job_benchmarks": 1, "all": 1, "total": 5
+    }, output[-3000:]  # fmt: skip
     assert re.findall(r"wildcards: trial=(\w+)", output) == ["wine_5layer_mlff"]
 
 
 @pytest.mark.slow
-def test_report_collects_figures_and_table(tiny_run: dict[str, Any]) -> None:
+def test_report_collects_figures_tables_runs_and_jobs(tiny_run: dict[str, Any]) -> None:
     report = tiny_run["root"] / "report.html"
     proc = run_snakemake(
         "--report", str(report), "--configfile", str(tiny_run["configfile"]),
@@ -426,3 +602,79 @@ def test_report_collects_figures_and_table(tiny_run: dict[str, Any]) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert report.is_file() and report.stat().st_size > 10_000
+    html = report.read_text()
+    for figure, start in ((2, "Training (solid)"), (3, "RMS correction"), (4, "Sweep of"),
+                          (5, "Mean magnitude")):  # fmt: skip
+        assert f"Figure {figure}.</strong> {start}" in html, figure
+        assert f"Fig. {figure}" in html
+    for text in ("runs.tsv", "jobs.tsv", "Runs index.", "Jobs.", "table1.csv"):
+        assert text in html, text
+
+
+# -- faults: the whole pipeline killed again and again ---------------------------------------
+
+KILLS = 6
+FINISHED = re.compile(r"Finished jobid: \d+ \(Rule: (\w+)\)")
+
+
+def kill_when(job: subprocess.Popen, log: Path, done_before: int, after: int, delay: float) -> None:
+    """SIGKILL ``job``'s process group ``delay`` s after the run's ``after``-th finished job."""
+    deadline = time.monotonic() + 600
+    while done_before + len(FINISHED.findall(log.read_text())) < after:
+        assert job.poll() is None, f"the pipeline ended before its kill:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, "the pipeline made no progress in 10 minutes"
+        time.sleep(0.05)
+    time.sleep(delay)
+    assert job.poll() is None, f"the pipeline ended before its kill:\n{log.read_text()[-3000:]}"
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+
+
+@pytest.mark.slow
+def test_pipeline_killed_anywhere_resumes_to_the_uninterrupted_result(
+    tiny_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """SIGKILL the whole Snakemake process group at KILLS seeded random moments, unlock and
+    resume each time; the end result equals the uninterrupted tiny run, bit for bit.
+
+    A moment is a random delay (0-1 s) after a random number of finished jobs, one drawn
+    from each of KILLS equal stretches of the run, so that the kills spread over the data
+    fetch, the training jobs and the figures, table and indexes at the end.
+    """
+    root = tmp_path / "work"
+    snakefile = copy_workflow(root)
+    config = copy.deepcopy(tiny_run["config"])
+    config["data_dir"] = str(tmp_path / "datasets")  # fetched again, so kills can land there
+    configfile = write_config(root / "config" / "test.yaml", config)
+    run = [str(SNAKEMAKE), "--snakefile", str(snakefile), "--directory", str(root),
+           "--cores", "2", "--configfile", str(configfile), "--rerun-incomplete"]  # fmt: skip
+    unlock = [str(SNAKEMAKE), "--snakefile", str(snakefile), "--directory", str(root),
+              "--unlock", "--configfile", str(configfile)]  # fmt: skip
+    rng = random.Random(20210611)
+    # at least four jobs (table, indexes, `all`) are left when the last kill comes
+    edges = np.linspace(0, job_counts(tiny_run["output"])["total"] - 4, KILLS + 1).astype(int)
+    moments = [(rng.randrange(lo, hi), rng.uniform(0.0, 1.0)) for lo, hi in pairwise(edges)]
+
+    done, interrupted = 0, []
+    for round_, (after, delay) in enumerate(moments):
+        log = root / f"round{round_}.log"
+        with open(log, "w") as handle:
+            job = subprocess.Popen(
+                run, cwd=root, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            kill_when(job, log, done, max(after, done), delay)
+        text = log.read_text()
+        started = Counter(re.findall(r"^(?:local)?rule (\w+):", text, flags=re.MULTILINE))
+        finished = Counter(FINISHED.findall(text))
+        done += sum(finished.values())
+        interrupted.append(sorted((started - finished).elements()))
+        subprocess.run(unlock, cwd=root, check=True, capture_output=True, timeout=120)
+
+    final = subprocess.run(run, cwd=root, capture_output=True, text=True, timeout=900)
+    assert final.returncode == 0, (final.stdout + final.stderr)[-6000:]
+    print("jobs running at each kill:", interrupted)  # shown with pytest -s
+    assert sum(bool(jobs) for jobs in interrupted) >= KILLS // 2, interrupted
+    ours, reference = pipeline_results(root), pipeline_results(tiny_run["root"])
+    assert sorted(ours) == sorted(reference)
+    differing = [path for path in reference if ours[path] != reference[path]]
+    assert not differing, differing

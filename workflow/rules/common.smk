@@ -21,7 +21,41 @@ def folder_outputs(folder):
     return {key: f"{folder}/{name}" for key, name in FOLDER_KEYS.items()}
 
 
+# What the last jobs make from the run folders; results/jobs.tsv is built after these.
+SUMMARIES = [
+    *expand("figures/{figure}.{ext}", figure=pipeline.FIGURES, ext=("pdf", "png")),
+    *expand("tables/table1.{ext}", ext=("csv", "md", "tex")),
+    f"{RESULTS}/runs.tsv",
+]
+
+
 wildcard_constraints:
     trial="|".join(PLAN.trial_names),
     seed=r"\d+",
     p=r"\d+\.\d{6}",
+
+
+def figure_labels(file_format):
+    """Report labels of one figure file: 'Fig. 2' etc. and its format."""
+    return lambda wildcards: {
+        "figure": f"Fig. {wildcards.figure.removeprefix('fig')}",
+        "format": file_format,
+    }
+
+
+def benchmark_files():
+    """The benchmark file of every job of the default target, by rule (rules' own patterns).
+
+    Called by the last rule (rules/runs.smk), once every other rule exists.
+    """
+    files = {
+        "fetch_dataset": expand(rules.fetch_dataset.benchmark, folder=PLAN.fetched_folders()),
+        "train_trial": expand(rules.train_trial.benchmark, trial=PLAN.trial_names, seed=PLAN.seeds),
+        "train_sweep_point": expand(
+            rules.train_sweep_point.benchmark, p=PLAN.sweep_labels, seed=PLAN.seeds
+        ),
+        "figure": expand(rules.figure.benchmark, figure=pipeline.FIGURES),
+        "table1": [rules.table1.benchmark],
+        "runs_index": [rules.runs_index.benchmark],
+    }
+    return {rule: [str(path) for path in paths] for rule, paths in files.items()}

@@ -6,9 +6,6 @@
 rule fetch_dataset:
     output:
         f"{PLAN.data_dir}/{{folder}}/raw/checksums.json",
-    params:
-        name=lambda wildcards: pipeline.dataset_of_folder(wildcards.folder),
-        root=lambda wildcards, output: Path(output[0]).parents[2],
     log:
         "logs/data/{folder}.log",
     benchmark:
@@ -19,5 +16,8 @@ rule fetch_dataset:
     resources:
         mem_mb=3000,
         runtime=30,
+    params:
+        name=lambda wildcards: pipeline.dataset_of_folder(wildcards.folder),
+        root=lambda wildcards, output: Path(output[0]).parents[2],
     script:
         "../../scripts/fetch_dataset.py"

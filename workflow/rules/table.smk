@@ -19,8 +19,6 @@ rule table1:
             labels={"table": "Table 1", "format": "Markdown"},
         ),
         tex="tables/table1.tex",
-    params:
-        groups=PLAN.table_groups(),
     log:
         "logs/table1.log",
     benchmark:
@@ -29,5 +27,7 @@ rule table1:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        groups=PLAN.table_groups(),
     script:
         "../../scripts/table.py"

@@ -8,20 +8,20 @@ rule train_trial:
         lambda wildcards: PLAN.data_inputs(PLAN.trial_settings(wildcards.trial, wildcards.seed)),
     output:
         **folder_outputs(f"{RESULTS}/trials/{{trial}}/seed{{seed}}"),
-    params:
-        job=lambda wildcards: PLAN.trial_params(wildcards.trial, wildcards.seed),
-        data_root=lambda wildcards: PLAN.data_root(
-            PLAN.trial_settings(wildcards.trial, wildcards.seed)
-        ),
-        checkpoint=lambda wildcards: PLAN.trial_checkpoint(wildcards.trial, wildcards.seed),
     log:
         "logs/trials/{trial}/seed{seed}.log",
     benchmark:
         "benchmarks/runs/trials/{trial}/seed{seed}.tsv"
     threads: PLAN.threads_per_job
     resources:
+        **PLAN.gpu_resources(),
         mem_mb=lambda wildcards: PLAN.trial_resources(wildcards.trial, wildcards.seed)["mem_mb"],
         runtime=lambda wildcards: PLAN.trial_resources(wildcards.trial, wildcards.seed)["runtime"],
-        **PLAN.gpu_resources(),
+    params:
+        job=lambda wildcards: PLAN.trial_params(wildcards.trial, wildcards.seed),
+        data_root=lambda wildcards: PLAN.data_root(
+            PLAN.trial_settings(wildcards.trial, wildcards.seed)
+        ),
+        checkpoint=lambda wildcards: PLAN.trial_checkpoint(wildcards.trial, wildcards.seed),
     script:
         "../../scripts/train.py"

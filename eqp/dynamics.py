@@ -229,6 +229,7 @@ class FastEngine:
         n_in = self.net.n_inputs
         w_hh = self.net.weights[n_in:, n_in:]
         self.input_weights_t = self.net.weights[n_in:, :n_in]
+        self._last_drive = None
         if self.fused is not None:
             self.fused.refresh(self.eps * w_hh)
             return
@@ -268,10 +269,20 @@ class FastEngine:
         return list(self._bounds)
 
     def drive(self, x: torch.Tensor) -> torch.Tensor:
-        """eps * (W_hx rho(x) + b_h), transposed: everything a step needs that does not move."""
+        """eps * (W_hx rho(x) + b_h), transposed: everything a step needs that does not move.
+
+        The nudged phase of a batch reuses its free phase's drive (same inputs, same weights:
+        ``refresh`` forgets it), which saves one input-sized product per batch.
+        """
+        if self._last_drive is not None:
+            inputs, version, drive = self._last_drive
+            if inputs is x and version == x._version:
+                return drive
         hidden_bias = self.net.biases[self.net.n_inputs :, None]
         inputs = rho(x.to(self.net.weights.dtype))
-        return self.eps * torch.addmm(hidden_bias, self.input_weights_t, inputs.T)
+        drive = self.eps * torch.addmm(hidden_bias, self.input_weights_t, inputs.T)
+        self._last_drive = (x, x._version, drive)
+        return drive
 
     def _settle(
         self,

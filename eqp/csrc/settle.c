@@ -112,12 +112,12 @@ struct eqp_converge_args {
 
 /* --- arithmetic of one tile of rows --------------------------------------------------- */
 
-/* acc = drive + keep * s + (eps W s) for rows row..row+R-1 of one strip. */
+/* acc = drive + keep * s + (eps W s) for rows row..row+R-1 of one strip: NV vectors of
+ * columns from a row stride of w8 floats. */
 static inline __attribute__((always_inline)) void accumulate(
-    const int R, const int NV, const struct eqp_plan *p, int seg, int row,
+    const int R, const int NV, const int64_t w8, const struct eqp_plan *p, int seg, int row,
     const float *s, const float *drive, float keep, vf acc[MAX_ROWS][MAX_VECS])
 {
-    const int64_t w8 = 8 * NV;
     const vf vkeep = SPLAT(keep);
     for (int r = 0; r < R; r++)
         for (int v = 0; v < NV; v++) {
@@ -168,7 +168,7 @@ static inline __attribute__((always_inline)) void euler_tile(
 {
     const int64_t w8 = 8 * NV;
     vf acc[MAX_ROWS][MAX_VECS];
-    accumulate(R, NV, p, seg, row, s, drive, keep, acc);
+    accumulate(R, NV, w8, p, seg, row, s, drive, keep, acc);
     const vf vpull = SPLAT(pull);
     for (int r = 0; r < R; r++) {
         const int i = row + r;
@@ -184,46 +184,54 @@ static inline __attribute__((always_inline)) void euler_tile(
     }
 }
 
-/*
- * One converged-phase pass over a tile: SOR columns (mask `sor`) are updated in place in s;
- * every column's Euler step goes to buf (kept only for columns in Euler mode); res gets the
- * max over the tile's rows of |clamp(h) - s| per column.
- */
-static inline __attribute__((always_inline)) void converge_tile(
-    const int R, const int NV, const struct eqp_plan *p, int seg, int row,
-    float *s, float *buf, const float *drive, const struct eqp_converge_args *a,
-    const vi *sor, int euler_columns, float *res)
+/* acc = drive + eps W s for a tile, stored unclamped in out: the converged phase's h * eps.
+ * The same loop as an Euler step's, so that it compiles to the same register-only code. */
+static inline __attribute__((always_inline)) void raw_tile(
+    const int R, const int NV, const int64_t w8, const struct eqp_plan *p, int seg, int row,
+    const float *s, float *out, const float *drive)
 {
-    const int64_t w8 = 8 * NV;
     vf acc[MAX_ROWS][MAX_VECS];
-    accumulate(R, NV, p, seg, row, s, drive, 0.0f, acc);
+    accumulate(R, NV, w8, p, seg, row, s, drive, 0.0f, acc);
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < NV; v++) *(vf *)(out + (row + r) * w8 + 8 * v) = acc[r][v];
+}
+
+/*
+ * The converged phase's update of rows r0..r1-1 from their raw sums: SOR lanes (mask `sor`)
+ * are set in place in s; every lane's Euler step goes to buf (kept only for lanes in Euler
+ * mode); res gets the max over the rows of |clamp(h) - s| per lane.
+ */
+static inline __attribute__((always_inline)) void converge_rows(
+    const int NV, const int64_t w8, int64_t r0, int64_t r1, float *s, float *buf,
+    const float *raw, const struct eqp_converge_args *a, const vi *sor, int euler_columns,
+    float *res)
+{
     const vf vkeep = SPLAT(a->keep), vinv = SPLAT(a->inv_eps);
     const vf vomega = SPLAT(a->omega), vstay = SPLAT(1.0f - a->omega);
     const vi magnitude = (vi)SPLAT(0.0f) | 0x7fffffff;
-    vf worst[MAX_VECS];
-    for (int v = 0; v < NV; v++) worst[v] = *(const vf *)(res + 8 * v);
-    for (int r = 0; r < R; r++) {
-        const int i = row + r;
-        for (int v = 0; v < NV; v++) {
+    for (int v = 0; v < NV; v++) {
+        vf worst = *(const vf *)(res + 8 * v);
+        const vi mask = sor[v];
+        for (int64_t i = r0; i < r1; i++) {
             const int64_t at = i * w8 + 8 * v;
-            const vf old = *(const vf *)(s + at);
-            const vf h = acc[r][v] * vinv;
+            const vf old = *(const vf *)(s + at), sum = *(const vf *)(raw + at);
+            const vf h = sum * vinv;
             vf target = h;
             clamp01(&target);
             const vf gap = (vf)((vi)(target - old) & magnitude);
-            const vi larger = gap > worst[v];
-            worst[v] = (vf)(((vi)worst[v] & ~larger) | ((vi)gap & larger));
+            const vi larger = gap > worst;
+            worst = (vf)(((vi)worst & ~larger) | ((vi)gap & larger));
             vf relaxed = vstay * old + vomega * h;
             clamp01(&relaxed);
-            *(vf *)(s + at) = (vf)(((vi)relaxed & sor[v]) | ((vi)old & ~sor[v]));
+            *(vf *)(s + at) = (vf)(((vi)relaxed & mask) | ((vi)old & ~mask));
             if (euler_columns) {
-                vf step = acc[r][v] + vkeep * old;
+                vf step = sum + vkeep * old;
                 clamp01(&step);
                 *(vf *)(buf + at) = step;
             }
         }
+        *(vf *)(res + 8 * v) = worst;
     }
-    for (int v = 0; v < NV; v++) *(vf *)(res + 8 * v) = worst[v];
 }
 
 /* --- tiles and their split across threads -------------------------------------------- */
@@ -433,30 +441,39 @@ struct converge_job {
     int by_strips;
     const int32_t *bound; /* per segment g: tiles of thread j are bound[g*(nt+1) + j] .. +1 */
     float *res;           /* nt x RES_STRIDE residuals (row split) */
-    float *scratch;       /* nt working strips (state, buffer, drive) without a row split */
+    float *scratch;       /* nt working strips (state, buffer, drive, raw) without a row split */
+    float *raw;           /* raw sums of one strip (row split) */
     int *next;            /* next column to settle without a row split */
 };
 
-#define CONVERGE_CASES(NV)                                                                 \
-    switch (rows) {                                                                        \
-    case 4: converge_tile(4, NV, p, seg, row, s, buf, d, j->a, sor, euler, res); break;    \
-    case 3: converge_tile(3, NV, p, seg, row, s, buf, d, j->a, sor, euler, res); break;    \
-    case 2: converge_tile(2, NV, p, seg, row, s, buf, d, j->a, sor, euler, res); break;    \
-    default: converge_tile(1, NV, p, seg, row, s, buf, d, j->a, sor, euler, res); break;   \
+#define RAW_CASES(NV)                                                      \
+    switch (rows) {                                                        \
+    case 4: raw_tile(4, NV, w, p, seg, row, s, raw, d); break;             \
+    case 3: raw_tile(3, NV, w, p, seg, row, s, raw, d); break;             \
+    case 2: raw_tile(2, NV, w, p, seg, row, s, raw, d); break;             \
+    default: raw_tile(1, NV, w, p, seg, row, s, raw, d); break;            \
     }
 
+/* One converged-phase pass over tiles lo..hi-1 (rows of one layer, which read only other
+ * layers) for the first `vecs` vectors of lanes: first every tile's raw sums, then the
+ * update of those rows. */
 static inline __attribute__((always_inline)) void converge_tiles(
-    const struct converge_job *j, int lo, int hi, float *s, float *buf, const float *d,
-    const vi *sor, int euler, float *res)
+    const struct converge_job *j, int lo, int hi, float *s, float *buf, float *raw,
+    const float *d, const vi *sor, int euler, float *res, int vecs)
 {
+    if (lo == hi) return;
     const struct eqp_plan *p = j->p;
-    const int vecs = p->width / 8;
+    const int64_t w = p->width;
     for (int k = lo; k < hi; k++) {
         const int seg = j->t->seg[k], row = j->t->row[k], rows = j->t->rows[k];
-        if (vecs == 3) { CONVERGE_CASES(3); }
-        else if (vecs == 2) { CONVERGE_CASES(2); }
-        else { CONVERGE_CASES(1); }
+        if (vecs == 3) { RAW_CASES(3); }
+        else if (vecs == 2) { RAW_CASES(2); }
+        else { RAW_CASES(1); }
     }
+    const int64_t r0 = j->t->row[lo], r1 = j->t->row[hi - 1] + j->t->rows[hi - 1];
+    if (vecs == 3) converge_rows(3, w, r0, r1, s, buf, raw, j->a, sor, euler, res);
+    else if (vecs == 2) converge_rows(2, w, r0, r1, s, buf, raw, j->a, sor, euler, res);
+    else converge_rows(1, w, r0, r1, s, buf, raw, j->a, sor, euler, res);
 }
 
 /* The tiles of segment g that thread tid works on. */
@@ -499,22 +516,24 @@ static inline __attribute__((always_inline)) void converge_lanes(
     const struct eqp_converge_args *a = j->a;
     const int width = p->width, split = !j->by_strips;
     const int64_t strip = (int64_t)p->hidden * width;
-    float *s, *buf, *d;
+    float *s, *buf, *d, *raw;
     if (split) {
         s = j->s + c * strip;
         buf = j->buf + c * strip;
         d = (float *)j->drive + c * strip;
+        raw = j->raw;
     } else {
-        s = j->scratch + (int64_t)tid * 3 * strip;
+        s = j->scratch + (int64_t)tid * 4 * strip;
         buf = s + strip;
         d = buf + strip;
+        raw = d + strip;
     }
     int col_of[MAX_WIDTH], mode[MAX_WIDTH], work[MAX_WIDTH], capped[MAX_WIDTH];
     int back[MAX_WIDTH];
     float leave[MAX_WIDTH]; /* residual at which the column's Euler warm-up ends */
     float own[RES_STRIDE];
     float *res = split ? j->res + tid * RES_STRIDE : own;
-    int live = 0;
+    int live = 0, vecs = width / 8;
     for (int lane = 0; lane < width; lane++) {
         int col = c * width + lane;
         if (!split) col = __atomic_fetch_add(j->next, 1, __ATOMIC_RELAXED);
@@ -546,7 +565,7 @@ static inline __attribute__((always_inline)) void converge_lanes(
         for (int g = 0; g < p->n_segments; g++) {
             int lo, hi;
             segment_tiles(j, g, tid, nt, &lo, &hi);
-            converge_tiles(j, lo, hi, s, buf, d, sor, euler, res);
+            converge_tiles(j, lo, hi, s, buf, raw, d, sor, euler, res, vecs);
             if (split) barrier();
         }
         for (int lane = 0; lane < width; lane++) {
@@ -612,6 +631,29 @@ static inline __attribute__((always_inline)) void converge_lanes(
             leave[lane] = cold ? a->cold_tol : a->warm_tol;
             live++;
         }
+        if (!split && live > 0 && live <= 8 * (vecs - 1)) {
+            /* the pool has run dry: move the unfinished lanes down and stop computing the
+             * vectors that hold only finished ones */
+            int to = 0;
+            for (int lane = 0; lane < 8 * vecs; lane++) {
+                if (col_of[lane] < 0) continue;
+                if (lane != to) {
+                    for (int64_t row = 0; row < p->hidden; row++) {
+                        s[row * width + to] = s[row * width + lane];
+                        d[row * width + to] = d[row * width + lane];
+                    }
+                    col_of[to] = col_of[lane];
+                    mode[to] = mode[lane];
+                    work[to] = work[lane];
+                    capped[to] = capped[lane];
+                    leave[to] = leave[lane];
+                    col_of[lane] = -1;
+                    mode[lane] = DONE;
+                }
+                to++;
+            }
+            vecs = (live + 7) / 8;
+        }
     }
 }
 
@@ -645,9 +687,9 @@ int eqp_converge(const struct eqp_plan *p, const struct eqp_converge_args *a, fl
     }
     int32_t *bound = malloc(sizeof(int32_t) * (size_t)p->n_segments * (nt + 1));
     float *res = malloc(sizeof(float) * (size_t)nt * RES_STRIDE);
-    float *scratch = by_strips ? malloc(sizeof(float) * 3 * (size_t)nt * p->hidden * p->width)
-                               : NULL;
-    if (!bound || !res || (by_strips && !scratch)) {
+    const size_t strip = (size_t)p->hidden * p->width;
+    float *scratch = malloc(sizeof(float) * (by_strips ? 4 * (size_t)nt * strip : strip));
+    if (!bound || !res || !scratch) {
         free(bound);
         free(res);
         free(scratch);
@@ -658,7 +700,7 @@ int eqp_converge(const struct eqp_plan *p, const struct eqp_converge_args *a, fl
         split_tiles(&t, t.first[g], t.first[g + 1], by_strips ? 1 : nt, bound + g * (nt + 1));
     int next = 0;
     struct converge_job job = {p, &t, a, s, buf, drive, work, capped, by_strips, bound, res,
-                               scratch, &next};
+                               scratch, scratch, &next};
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)
     eqp_converge_worker(&job, THREAD_ID(), TEAM_SIZE());

@@ -42,6 +42,7 @@ from eqp import pipeline
 from eqp.settings import SettingsError, load_yaml
 
 DEFAULT_CONFIG = REPO / "config" / "config.yaml"
+DEMO_CONFIG = REPO / "config" / "demo.yaml"
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 TABLE_TRIALS = 14
 ALL_TRIALS = 15
@@ -91,7 +92,9 @@ def test_default_config_has_every_trial_and_the_published_sweep(demo_plan) -> No
     assert np.allclose(list(demo_plan.sweep_points.values()), expected, rtol=0, atol=0)
 
 
-def test_demo_keeps_small_trials_at_published_settings(demo_plan) -> None:
+def test_demo_keeps_small_trials_at_published_settings() -> None:
+    demo_plan = pipeline.Plan.from_config(load_yaml(DEMO_CONFIG), REPO)
+    assert demo_plan.preset == "demo"
     paper = pipeline.Plan.from_config(load_yaml(REPO / "config" / "paper.yaml"), REPO)
     for name in demo_plan.trial_names:
         demo, full = demo_plan.trial_settings(name, 0), paper.trial_settings(name, 0)
@@ -101,6 +104,25 @@ def test_demo_keeps_small_trials_at_published_settings(demo_plan) -> None:
             assert demo.epochs < full.epochs and demo.train_examples is not None, name
             changed = {k for k, v in demo.to_dict().items() if v != full.to_dict()[k]}
             assert changed <= {"epochs", "train_examples", "test_examples"}, (name, changed)
+
+
+def test_findings_preset_trains_mnist_on_the_full_data_with_converged_settling(
+    demo_plan,
+) -> None:
+    """The default: small trials as published (faithful); MNIST one full epoch, settle: sor."""
+    assert demo_plan.preset == "findings"
+    paper = pipeline.Plan.from_config(load_yaml(REPO / "config" / "paper.yaml"), REPO)
+    for name in demo_plan.trial_names:
+        ours, full = demo_plan.trial_settings(name, 0), paper.trial_settings(name, 0)
+        if ours.dataset in ("diabetes", "wine"):
+            assert ours == full and ours.settle == "euler", name
+        else:
+            assert (ours.epochs, ours.settle) == (1, "sor"), name
+            assert ours.train_examples is None and ours.test_examples is None, name
+            changed = {k for k, v in ours.to_dict().items() if v != full.to_dict()[k]}
+            assert changed == {"epochs", "settle"}, (name, changed)
+    point = demo_plan.sweep_settings("0.057362", 0)
+    assert point.settle == "sor" and point.test_examples is None
 
 
 def test_sweep_point_is_the_base_trial_with_p_and_sweep_epochs(demo_plan) -> None:

@@ -4,8 +4,9 @@ Variants, each timed in one run on synthetic batches of the trial's shapes:
 
 * ``as-it-stands``: the dense layout's TorchScript loop, two kernel launches per Euler step;
 * ``graphs``: the same steps replayed as one captured CUDA graph per phase;
-* ``ensemble-M``: M trials of that shape stacked (the bypass-p sweep's points), graphs on;
-  its seconds are per stacked batch, which trains every member one batch.
+* ``triton``: graphs, each step one fused Triton kernel (:mod:`eqp.triton_step`);
+* ``ensemble-M`` (``-triton``): M trials of that shape stacked (the bypass-p sweep's points),
+  graphs on; its seconds are per stacked batch, which trains every member one batch.
 
 Seconds per training batch include the free and nudged phases and the update; seconds per
 test batch are a test chunk's (``eval_chunk`` batches in one free phase) over its batches.
@@ -36,10 +37,19 @@ ENSEMBLE_SIZES = {5: (4, 31), 3: (3, 31)}
 @dataclass
 class CudaTiming:
     trial: str
-    variant: str
+    step_kernel: str
+    graphs: bool
     members: int
     seconds_per_train_batch: float
     seconds_per_test_batch: float
+
+    @property
+    def variant(self) -> str:
+        if self.members > 1:
+            return f"ensemble-{self.members}" + ("-triton" if self.step_kernel == "triton" else "")
+        if self.step_kernel == "triton":
+            return "triton"
+        return "graphs" if self.graphs else "as-it-stands"
 
     @property
     def per_member_train(self) -> float:
@@ -65,24 +75,39 @@ def _best(repeats: int, run: Callable[[], object]) -> float:
 
 
 def time_single(
-    settings: TrialSettings, cuda_graphs: bool, batches: int, chunk: int, repeats: int
-) -> CudaTiming:
-    """One trial alone: eager TorchScript loops or captured graphs."""
+    settings: TrialSettings,
+    cuda_graphs: bool,
+    batches: int,
+    chunk: int,
+    repeats: int,
+    step_kernel: str = "cublas",
+) -> tuple[CudaTiming, torch.Tensor]:
+    """One trial alone; also its weights after the timed batches (to compare kernels)."""
     data = synthetic_dataset(settings, max(batches + 2, chunk), settings.device)
     trainer = Trainer(
-        settings, data=data, layout="dense", cuda_graphs=cuda_graphs, eval_chunk=chunk
+        settings,
+        data=data,
+        layout="dense",
+        cuda_graphs=cuda_graphs,
+        eval_chunk=chunk,
+        step_kernel=step_kernel,
     )
     for j in range(2):  # TorchScript profiles its first runs; graphs are captured here
         trainer.train_batch(j)
     trainer.evaluate()
     train = _best(repeats, lambda: [trainer.train_batch(j) for j in range(batches)]) / batches
     test = _best(repeats, trainer.evaluate) / len(data.test)
-    variant = "graphs" if cuda_graphs else "as-it-stands"
-    return CudaTiming(settings.name, variant, 1, train, test)
+    timing = CudaTiming(settings.name, step_kernel, cuda_graphs, 1, train, test)
+    return timing, trainer.net.weights.cpu()
 
 
 def time_ensemble(
-    settings: TrialSettings, members: int, batches: int, chunk: int, repeats: int
+    settings: TrialSettings,
+    members: int,
+    batches: int,
+    chunk: int,
+    repeats: int,
+    step_kernel: str = "cublas",
 ) -> CudaTiming:
     """``members`` trials of ``settings``' shape stacked (sweep points; seeds of an MLFF
     trial), graphs on."""
@@ -96,13 +121,13 @@ def time_ensemble(
         Trainer(settings.with_overrides(v), data=data, layout="dense", eval_chunk=chunk)
         for v in variants
     ]
-    ensemble = Ensemble(trainers)
+    ensemble = Ensemble(trainers, step_kernel=step_kernel)
     for j in range(2):
         ensemble.train_batch(j)
     ensemble.evaluate()
     train = _best(repeats, lambda: [ensemble.train_batch(j) for j in range(batches)]) / batches
     test = _best(repeats, ensemble.evaluate) / len(data.test)
-    return CudaTiming(settings.name, f"ensemble-{members}", members, train, test)
+    return CudaTiming(settings.name, step_kernel, True, members, train, test)
 
 
 def run_cuda_benchmark(
@@ -111,31 +136,41 @@ def run_cuda_benchmark(
     chunk: int = 50,
     repeats: int = 3,
     emit: Callable[[str], None] = print,
+    step_kernels: Sequence[str] = ("cublas", "triton"),
 ) -> list[CudaTiming]:
-    """Every variant of every trial, then the ratios."""
+    """Every variant of every trial, with speed-ups per member over the first."""
     results = []
     for settings in trials:
-        timings = [
-            time_single(settings, False, batches, chunk, repeats),
-            time_single(settings, True, batches, chunk, repeats),
-        ]
+        timings = []
+        weights = {}
+        for kernel, graphs in (("cublas", False), ("cublas", True), ("triton", True)):
+            if kernel in step_kernels:
+                timing, weights[kernel, graphs] = time_single(
+                    settings, graphs, batches, chunk, repeats, kernel
+                )
+                timings.append(timing)
         for members in ENSEMBLE_SIZES.get(_hidden_layers(settings), (31,)):
-            timings.append(time_ensemble(settings, members, batches, chunk, repeats))
+            for kernel in step_kernels:
+                timings.append(time_ensemble(settings, members, batches, chunk, repeats, kernel))
         base = timings[0]
         for timing in timings:
             emit(
-                f"{settings.name:<18} {timing.variant:<13} members={timing.members:<3} "
+                f"{settings.name:<18} {timing.variant:<18} "
                 f"s/train_batch={timing.seconds_per_train_batch:.6f} "
                 f"s/test_batch={timing.seconds_per_test_batch:.6f} "
                 f"s/train_batch/member={timing.per_member_train:.6f} "
                 f"speedup/member={base.per_member_train / timing.per_member_train:.1f}x"
             )
+        reference = weights.get(("cublas", True))
+        for (kernel, graphs), value in weights.items():
+            if reference is not None and (kernel, graphs) != ("cublas", True):
+                emit(
+                    f"{settings.name:<18} max |W({kernel}{'' if graphs else ', eager'}) - "
+                    f"W(cublas, graphs)| after {2 + repeats * batches} batches: "
+                    f"{float((value - reference).abs().max()):.3g}"
+                )
         results.extend(timings)
     return results
-
-
-def _kind(timing: CudaTiming) -> str:
-    return "ensemble" if timing.variant.startswith("ensemble") else timing.variant
 
 
 def project_paper_hours(
@@ -151,12 +186,12 @@ def project_paper_hours(
     trials at ``cpu_seconds``. A stack counts at the timing of the smallest measured stack at
     least as large, and members leave it as their epochs run out.
     """
-    measured: dict[tuple[int, str, int], CudaTiming] = {}
+    measured: dict[tuple[int, str, bool, int], CudaTiming] = {}
     for t in timings:
-        measured[(_hidden_layers(paper[t.trial]), _kind(t), t.members)] = t
+        measured[(_hidden_layers(paper[t.trial]), t.step_kernel, t.graphs, t.members)] = t
 
-    def seconds_alone(settings: TrialSettings, kind: str) -> float:
-        t = measured.get((_hidden_layers(settings), kind, 1))
+    def seconds_alone(settings: TrialSettings, kernel: str, graphs: bool) -> float:
+        t = measured.get((_hidden_layers(settings), kernel, graphs, 1))
         if t is None:
             return float("nan")
         n_train, n_test = settings.batch_counts()
@@ -165,27 +200,26 @@ def project_paper_hours(
             t.seconds_per_test_batch
         )
 
-    def stack_timing(settings: TrialSettings, members: int) -> CudaTiming | None:
-        if members == 1:
-            return measured.get((_hidden_layers(settings), "graphs", 1))
+    def stack_timing(settings: TrialSettings, kernel: str, members: int) -> CudaTiming | None:
+        layers = _hidden_layers(settings)
         sizes = sorted(
             m
-            for layers, kind, m in measured
-            if layers == _hidden_layers(settings) and kind == "ensemble" and m >= members
+            for shape, k, graphs, m in measured
+            if shape == layers and k == kernel and graphs and m >= members
         )
-        return measured[(_hidden_layers(settings), "ensemble", sizes[0])] if sizes else None
+        return measured[(layers, kernel, True, sizes[0])] if sizes else None
 
-    def seconds_stacked(group: Sequence[TrialSettings]) -> float:
+    def seconds_stacked(group: Sequence[TrialSettings], kernel: str) -> float:
         if not group:
             return 0.0
         ordered = sorted(group, key=lambda s: s.epochs)
         n_train, n_test = ordered[0].batch_counts()
-        first = stack_timing(ordered[0], len(ordered))
+        first = stack_timing(ordered[0], kernel, len(ordered))
         if first is None:
             return float("nan")
         total, done = n_test * first.seconds_per_test_batch, 0
         for index, settings in enumerate(ordered):
-            t = stack_timing(settings, len(ordered) - index)
+            t = stack_timing(settings, kernel, len(ordered) - index)
             if t is None:
                 return float("nan")
             per_epoch = n_train * t.seconds_per_train_batch + n_test * t.seconds_per_test_batch
@@ -198,25 +232,29 @@ def project_paper_hours(
         cpu_seconds(s) for s in paper.values() if s.dataset not in ("mnist", "fashion_mnist")
     )
     seeds = sorted({s.seed for s in sweep})
-    sweep_stacked = sum(seconds_stacked([s for s in sweep if s.seed == seed]) for seed in seeds)
     shapes: dict[int, list[TrialSettings]] = {}
     for s in image:
         shapes.setdefault(_hidden_layers(s), []).append(s)
     points = len(sweep) // max(1, len(seeds))
     seconds = {
         "as-it-stands, one trial at a time": small
-        + sum(seconds_alone(s, "as-it-stands") for s in [*image, *sweep]),
-        "graphs, one trial at a time": small
-        + sum(seconds_alone(s, "graphs") for s in [*image, *sweep]),
-        f"graphs, sweep as {points}-member ensembles (the pipeline on cuda)": small
-        + sum(seconds_alone(s, "graphs") for s in image)
-        + sweep_stacked,
-        "graphs, the named trials of each shape stacked too": small
-        + sweep_stacked
-        + sum(seconds_stacked(group) for group in shapes.values()),
+        + sum(seconds_alone(s, "cublas", False) for s in [*image, *sweep])
     }
+    for kernel, label in (("cublas", "graphs"), ("triton", "graphs + triton step")):
+        sweep_stacked = sum(
+            seconds_stacked([s for s in sweep if s.seed == seed], kernel) for seed in seeds
+        )
+        seconds[f"{label}, one trial at a time"] = small + sum(
+            seconds_alone(s, kernel, True) for s in [*image, *sweep]
+        )
+        seconds[f"{label}, sweep as {points}-member ensembles"] = (
+            small + sum(seconds_alone(s, kernel, True) for s in image) + sweep_stacked
+        )
+        seconds[f"{label}, the named trials of each shape stacked too"] = (
+            small + sweep_stacked + sum(seconds_stacked(g, kernel) for g in shapes.values())
+        )
     return {name: value / 3600 for name, value in seconds.items()}
 
 
 def as_records(timings: Sequence[CudaTiming]) -> list[dict]:
-    return [asdict(t) for t in timings]
+    return [{**asdict(t), "variant": t.variant} for t in timings]

@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="fast engine's weight layout (default auto: fused kernel on CPUs where built)",
     )
+    train.add_argument(
+        "--step-kernel",
+        choices=("cublas", "triton"),
+        default="cublas",
+        help="on CUDA: an Euler step as cuBLAS addmm + clamp (default) or one fused Triton kernel",
+    )
     train.add_argument("--checkpoint", help="checkpoint file: saved every epoch, resumed")
     train.add_argument(
         "--threads",
@@ -222,6 +228,7 @@ def _train(args: argparse.Namespace) -> int:
             log=lambda line: print(line, file=sys.stderr),
             preset=config.get("preset"),
             threads=args.threads,
+            step_kernel=args.step_kernel,
         )
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
@@ -354,6 +361,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Errors caused by input a user can fix: printed as one line, without a traceback."""
     from .data import DataError
     from .dynamics import LayoutError
+    from .ensemble import EnsembleError
     from .pipeline import DiskFullError
     from .records import RecordError
     from .sources import DatasetError
@@ -366,6 +374,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         DeviceError,
         RecordError,
         LayoutError,
+        EnsembleError,
         DiskFullError,
     )
 

@@ -105,13 +105,49 @@ def test_an_ensemble_with_graphs_equals_it_without_bit_for_bit(cuda_device, pape
     assert results[0][2] == results[1][2]
 
 
+def test_the_triton_step_matches_the_cublas_loop(cuda_device):
+    from eqp.triton_step import triton_loop
+
+    generator = torch.Generator(device=cuda_device).manual_seed(2)
+    for members, rows, hidden in ((1, 20, 510), (3, 20, 1510), (2, 1000, 510)):
+
+        def rand(*shape):
+            return torch.rand(*shape, device=cuda_device, generator=generator)
+
+        matrix = 0.05 * (rand(members, hidden, hidden) - 0.5)
+        drive, state, target = (
+            rand(members, rows, hidden) - 0.5,
+            rand(members, rows, hidden),
+            rand(members, rows, 10),
+        )
+        pull = torch.tensor([0.5, -0.5, 0.5][:members], device=cuda_device).view(members, 1, 1)
+        for tgt, pl in ((None, None), (target, pull)):
+            reference = kernels.stacked_loop(drive, state.clone(), tgt, pl, matrix, 30, hidden - 10)
+            fused = triton_loop(drive, state.clone(), tgt, pl, matrix, 30, hidden - 10)
+            assert float((fused - reference).abs().max()) < 1e-5, (members, rows, hidden)
+
+
+def test_triton_training_matches_cublas_within_rounding(cuda_device, paper_trials):
+    settings = paper_trials["mnist_5layer_swni"].with_overrides({"device": cuda_device})
+    data = synthetic_dataset(settings, 4, cuda_device)
+    weights, errors = [], []
+    for kernel in ("cublas", "triton"):
+        trainer = Trainer(settings, data=data, layout="dense", step_kernel=kernel, eval_chunk=2)
+        for j in range(4):
+            trainer.train_batch(j)
+        errors.append(trainer.evaluate().error)
+        weights.append(trainer.net.weights.cpu())
+    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=1e-5)
+    assert errors[0] == errors[1]
+
+
 def test_projection_counts_batches_epochs_and_stacks(paper_trials):
     """Known timings in, hand-computed hours out (no device needed)."""
     five = paper_trials["mnist_5layer_swni"]
     timings = [
-        CudaTiming("mnist_5layer_swni", "as-it-stands", 1, 0.010, 0.002),
-        CudaTiming("mnist_5layer_swni", "graphs", 1, 0.004, 0.001),
-        CudaTiming("mnist_5layer_swni", "ensemble-31", 31, 0.031, 0.0062),
+        CudaTiming("mnist_5layer_swni", "cublas", False, 1, 0.010, 0.002),
+        CudaTiming("mnist_5layer_swni", "cublas", True, 1, 0.004, 0.001),
+        CudaTiming("mnist_5layer_swni", "cublas", True, 31, 0.031, 0.0062),
     ]
     named = {"mnist_5layer_swni": five}
     sweep = [five.with_overrides({"bypass_p": k / 30, "epochs": 10}) for k in range(31)]
@@ -128,10 +164,59 @@ def test_projection_counts_batches_epochs_and_stacks(paper_trials):
         alone(0.004, 0.001, 100) + 31 * alone(0.004, 0.001, 10)
     )
     stacked = alone(0.031, 0.0062, 10)
-    assert hours["graphs, sweep as 31-member ensembles (the pipeline on cuda)"] == pytest.approx(
+    assert hours["graphs, sweep as 31-member ensembles"] == pytest.approx(
         alone(0.004, 0.001, 100) + stacked
     )
     # A stack of one named trial runs at the single-trial graph timing.
     assert hours["graphs, the named trials of each shape stacked too"] == pytest.approx(
         alone(0.004, 0.001, 100) + stacked
     )
+    # No Triton timings given: its scenarios are unknown, not zero.
+    assert (
+        hours["graphs + triton step, one trial at a time"]
+        != hours["graphs + triton step, one trial at a time"]
+    )
+
+
+def test_the_triton_step_is_refused_on_the_cpu(paper_trials):
+    from eqp.dynamics import LayoutError
+
+    with pytest.raises(LayoutError, match="runs on CUDA devices only"):
+        Trainer(paper_trials["wine_5layer_swni"], layout="dense", step_kernel="triton")
+    with pytest.raises(LayoutError, match="unknown step kernel 'cutlass'"):
+        Trainer(paper_trials["wine_5layer_swni"], layout="dense", step_kernel="cutlass")
+
+
+def test_the_triton_kernel_computes_the_step_in_tritons_interpreter(tmp_path):
+    """The kernel's indexing and masks, checked on the CPU (TRITON_INTERPRET=1) against the
+    torch loop: ragged sizes, several members, free and nudged."""
+    pytest.importorskip("triton")
+    script = tmp_path / "interpret.py"
+    script.write_text(
+        "import torch\n"
+        "from eqp import kernels\n"
+        "from eqp.triton_step import triton_loop\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "for m, r, h in ((1, 20, 130), (3, 20, 70), (2, 70, 100)):\n"
+        "    w = 0.1 * torch.randn(m, h, h, generator=g)\n"
+        "    d = torch.rand(m, r, h, generator=g) - 0.5\n"
+        "    s = torch.rand(m, r, h, generator=g)\n"
+        "    t = torch.rand(m, r, 10, generator=g)\n"
+        "    p = torch.tensor([0.5, -0.5, 0.25][:m]).view(m, 1, 1)\n"
+        "    for tg, pl in ((None, None), (t, p)):\n"
+        "        a = kernels.stacked_loop(d, s.clone(), tg, pl, w, 7, h - 10)\n"
+        "        b = triton_loop(d, s.clone(), tg, pl, w, 7, h - 10)\n"
+        "        print(float((a - b).abs().max()))\n"
+    )
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    differences = [float(line) for line in done.stdout.split()]
+    assert len(differences) == 6
+    assert max(differences) < 1e-5

@@ -17,8 +17,10 @@ from eqp import records
 from eqp.ensemble import Ensemble, EnsembleError, check_stackable, run_ensemble
 from eqp.trainer import Trainer, run_trial
 
-# Weights drift apart by float32 rounding only: measured 6e-8..1.2e-7 after 2 Wine epochs.
+# Parameters drift apart by float32 rounding only: measured 6e-8..1.2e-7 after 2 Wine epochs
+# on the CPU, and up to 1.5e-5 (1.1e-4 relative) in Diabetes biases after 1 epoch on an H200.
 WEIGHT_TOLERANCE = 1e-5
+RELATIVE_TOLERANCE = 1e-3
 
 
 def _history(trainer_errors):
@@ -55,8 +57,13 @@ def _assert_members_match(members, epochs, data_root=None):
             assert _history(errors[i]) == _history(alone), settings.name
         else:
             assert errors[i] == pytest.approx(alone, rel=1e-5), settings.name
-        np.testing.assert_allclose(trainers[i].net.weights.cpu(), weights, atol=WEIGHT_TOLERANCE)
-        np.testing.assert_allclose(trainers[i].net.biases.cpu(), biases, atol=WEIGHT_TOLERANCE)
+        for together, alone_values in (
+            (trainers[i].net.weights, weights),
+            (trainers[i].net.biases, biases),
+        ):
+            np.testing.assert_allclose(
+                together.cpu(), alone_values, rtol=RELATIVE_TOLERANCE, atol=WEIGHT_TOLERANCE
+            )
         # Rates of ~1e-8 (deep MLFF layers) are cancellation noise, as in test_fidelity.
         np.testing.assert_allclose(rates[i], alone_rates, rtol=1e-3, atol=1e-7)
 
@@ -127,7 +134,7 @@ def test_run_ensemble_writes_each_members_folder_like_run_trial(paper_trials, tm
         files = sorted(p.name for p in folders[i].iterdir())
         assert files == sorted(p.name for p in alone.folder.iterdir())
         summary, metrics = _folder_contents(folders[i])
-        assert summary["ensemble"] == {"members": 2, "index": i}
+        assert summary["ensemble"] == {"members": 2, "index": i, "step_kernel": "cublas"}
         assert outcomes[i].summary["test_error"] == alone.summary["test_error"]
         np.testing.assert_array_equal(
             metrics["test_error"], records.read_metrics(alone.folder)["test_error"]
@@ -173,7 +180,7 @@ def test_a_checkpoint_of_one_member_only_restarts_every_member(paper_trials, tmp
     base = paper_trials["wine_5layer_swni"].with_overrides({"epochs": 1, "free_iterations": 50})
     members = [base.with_overrides({"bypass_p": p}) for p in (0.0, 0.2)]
     lone = Trainer(members[0])
-    lone.ensemble = {"members": 2, "index": 0}
+    lone.ensemble = {"members": 2, "index": 0, "step_kernel": "cublas"}
     checkpoint = tmp_path / "ck0.safetensors"
     lone.save_checkpoint(checkpoint)
     lines = []

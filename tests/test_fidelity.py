@@ -3,7 +3,8 @@
 Classification errors are compared as exact counts; Diabetes mean costs within 1e-5 relative.
 Both CPU layouts of the fast engine are checked: the compiled fused kernel (the default where
 it is built) and the TorchScript dense layout (the fallback). With EQP_TEST_DEVICE=cuda the
-same trials run on the GPU path (dense layout replayed as CUDA graphs), same tolerances.
+same trials run on the GPU path (dense layout replayed as CUDA graphs, with the cuBLAS and
+the Triton step kernels), same tolerances.
 """
 
 from __future__ import annotations
@@ -34,7 +35,12 @@ def layout(request, test_device):
 
 def _run(settings, layout):
     torch.set_num_threads(1)
-    trainer = Trainer(settings.with_overrides({"device": DEVICE}), layout=layout)
+    layout, _, step_kernel = layout.partition("+")
+    trainer = Trainer(
+        settings.with_overrides({"device": DEVICE}),
+        layout=layout,
+        step_kernel=step_kernel or "cublas",
+    )
     initial = trainer.evaluate().error
     train, test, rates = [], [], []
     for _ in range(settings.epochs):

@@ -141,7 +141,9 @@ def _row(
     final = published.get("trials", {}).get(name, {}).get("final") if kind == "trial" else None
     for key in ("epochs_run", "train_error", "test_error", "log_spread"):
         row[f"paper_{key}"] = (final or {}).get(key)
-    varying = {key: value for key, value in settings.items() if key not in OWN_COLUMNS}
+    # Settings that have a fixed column already (settle) are not repeated.
+    shown = {*OWN_COLUMNS, *LEADING, *TRAILING}
+    varying = {key: value for key, value in settings.items() if key not in shown}
     varying["preset"] = summary.get("preset")
     return row, varying
 

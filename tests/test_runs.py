@@ -168,3 +168,16 @@ def test_job_table_reads_every_benchmark_file_there_is(tmp_path: Path) -> None:
     out = tmp_path / "jobs.tsv"
     runs.write_job_benchmarks(files, str(out))
     assert pd.read_csv(out, sep="\t")["job"].tolist() == ["trials/wine/seed0", "table1"]
+
+
+def test_a_setting_with_a_fixed_column_is_not_repeated(results: Path, tmp_path: Path) -> None:
+    """Rows that differ in settle (euler and sor) show it once, in the fixed column."""
+    converged = tmp_path / "converged"
+    shutil.copytree(results / "trials/wine_5layer_swni/seed0", converged)
+    summary = json.loads((converged / "summary.json").read_text())
+    summary["settle"] = {"method": "sor", "tol": 1e-5, "max_steps": None}
+    summary["settings"]["settle"] = "sor"
+    records.atomic_write_json(converged / "summary.json", summary)
+    table = runs.runs_table([results / "trials/wine_5layer_swni/seed0", converged])
+    assert table.columns.is_unique
+    assert table["settle"].tolist() == ["euler", "sor"]

@@ -10,8 +10,11 @@ tests import without Snakemake:
   trial, each point a folder ``p{p:.6f}`` (checked unique);
 * the settings of one job as a plain dict, handed to the rule as ``params`` so that Snakemake
   reruns exactly the jobs whose settings changed;
+* whether the sweep is trained as ensembles (``sweep.ensemble``: one job per seed that trains
+  every point in lockstep, :mod:`eqp.ensemble`) or one job per point;
 * the resources of a training job (memory, wall time, a GPU when the device is CUDA);
-* the thin entry points that the ``scripts/`` call (train, draw a figure, write Table 1).
+* the thin entry points that the ``scripts/`` call (train, train an ensemble, draw a figure,
+  write Table 1).
 
 Nothing here imports torch or matplotlib at module level: the workflow imports this module
 every time it builds its DAG.
@@ -20,9 +23,10 @@ every time it builds its DAG.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,12 +69,22 @@ PARALLEL_EFFICIENCY = 0.8
 SOR_PASSES = 200
 JOB_OVERHEAD_S = 60.0
 RUNTIME_MARGIN = 2.0
+# Ensembles (sweep.ensemble, eqp.ensemble). On a CPU: the members' estimates above, one after
+# another, times a slowdown (stacked products against the fused kernel). On CUDA: a fixed cost
+# per settling step (kernel launches) plus a time per member, example and entry of the dense
+# non-input rows of W; the same for a weight update.
+ENSEMBLE_CPU_SLOWDOWN = 3.0
+GPU_SECONDS_PER_STEP = 2.0e-4
+GPU_SECONDS_PER_ENTRY_EXAMPLE = 2.0e-12
+GPU_SECONDS_PER_UPDATE = 1.0e-3
+GPU_SECONDS_PER_UPDATE_ENTRY = 1.0e-10
 MIN_RUNTIME_MIN = 10
 BASE_MEM_MB = 1500
 
 
 class PipelineError(SettingsError):
     """The pipeline config is inconsistent; the message says which key and how to fix it."""
+
 
 
 def typed_cli_values(value: Any) -> Any:
@@ -164,6 +178,8 @@ class Plan:
     sweep_epochs: int
     sweep_points: Mapping[str, float]  # label -> p, in sweep order
     sweep_overrides: Mapping[str, Any]
+    # One job per seed trains every sweep point as one ensemble (sweep.ensemble, resolved).
+    sweep_ensemble: bool = False
 
     # -- construction -------------------------------------------------------------------
 
@@ -212,7 +228,43 @@ class Plan:
                 plan.trial_settings(name, seed)
             for label in labels:
                 plan.sweep_settings(label, seed)
-        return plan
+        ensemble = plan.resolve_ensemble(sweep.get("ensemble", "auto"))
+        return dataclasses.replace(plan, sweep_ensemble=ensemble)
+
+    def ensemble_obstacle(self) -> str | None:
+        """Why the sweep points cannot be trained as one ensemble; None when they can.
+
+        The points of one seed differ only in bypass_p, so layer sizes, batch size, steps,
+        epochs, data and device always agree; what an ensemble cannot do is converged
+        settling (it runs the published Euler steps) or the dense reference engine.
+        """
+        settings = self.sweep_settings(self.sweep_labels[0], self.seeds[0])
+        if settings.settle != "euler":
+            return (
+                f"the sweep points settle with '{settings.settle}' and an ensemble runs Euler "
+                "steps only; set sweep.overrides.settle: euler"
+            )
+        if self.engine != "fast":
+            return (
+                f"engine is '{self.engine}' (the reference dynamics), which an ensemble does not "
+                "use; set engine: fast"
+            )
+        return None
+
+    def resolve_ensemble(self, choice: Any) -> bool:
+        """``sweep.ensemble`` as a yes or no: auto is yes on a CUDA device where possible."""
+        if not (isinstance(choice, bool) or choice == "auto"):
+            raise PipelineError(f"sweep.ensemble must be auto, true or false, got {choice!r}")
+        if choice is False:
+            return False
+        obstacle = self.ensemble_obstacle()
+        if choice == "auto":
+            return self.uses_gpu and obstacle is None
+        if obstacle is not None:
+            raise PipelineError(
+                f"sweep.ensemble is true, but {obstacle} (or set sweep.ensemble: auto or false)"
+            )
+        return True
 
     # -- settings -----------------------------------------------------------------------
 
@@ -253,6 +305,10 @@ class Plan:
     def sweep_params(self, label: str, seed: int) -> dict[str, Any]:
         return self.job_params(self.sweep_settings(label, seed))
 
+    def ensemble_params(self, seed: int) -> list[dict[str, Any]]:
+        """The job params of every sweep point of one seed, the members of its ensemble."""
+        return [self.sweep_params(label, seed) for label in self.sweep_points]
+
     # -- names and paths ----------------------------------------------------------------
 
     @property
@@ -291,6 +347,16 @@ class Plan:
 
     def sweep_outputs(self, label: str, seed: int) -> list[str]:
         return [f"{self.sweep_folder(label, seed)}/{f}" for f in TRIAL_FILES]
+
+    def ensemble_outputs(self, seed: int | str) -> list[str]:
+        """Every file of every sweep folder of one seed (``"{seed}"`` gives the pattern)."""
+        return [f for p in self.sweep_points for f in self.sweep_outputs(p, seed)]
+
+    def ensemble_folders(self, seed: int) -> list[str]:
+        return [self.sweep_folder(p, seed) for p in self.sweep_points]
+
+    def ensemble_checkpoints(self, seed: int) -> list[str]:
+        return [self.sweep_checkpoint(p, seed) for p in self.sweep_points]
 
     def all_trial_outputs(self) -> list[str]:
         return [f for t in self.trials for s in self.seeds for f in self.trial_outputs(t, s)]
@@ -368,6 +434,10 @@ class Plan:
         settings = self.sweep_settings(label, seed)
         return estimate_resources(settings, self.eval_chunk, self.threads_per_job)
 
+    def ensemble_resources(self, seed: int) -> dict[str, int]:
+        members = [self.sweep_settings(label, seed) for label in self.sweep_points]
+        return estimate_ensemble_resources(members, self.eval_chunk, self.threads_per_job)
+
 
 def connections(settings: TrialSettings) -> int:
     """Connections of the network (rewiring moves connections; it does not add any)."""
@@ -388,30 +458,80 @@ def _speedup(threads: int) -> float:
     return 1.0 + PARALLEL_EFFICIENCY * (max(1, threads) - 1)
 
 
-def estimate_seconds(settings: TrialSettings, eval_chunk: int = 50, threads: int = 1) -> float:
-    """A generous CPU estimate of a trial's wall time with ``threads`` kernel threads."""
+def _free_steps(settings: TrialSettings) -> int:
+    """Settling passes of a free phase assumed for the estimate (Euler steps or SOR passes)."""
+    if settings.settle == "sor":
+        return min(settings.settle_cap, SOR_PASSES)
+    return settings.free_iterations
+
+
+def _training_seconds(
+    settings: TrialSettings,
+    eval_chunk: int,
+    step_seconds: Callable[[int], float],
+    update_seconds: float,
+) -> float:
+    """Every epoch's training and evaluation plus the initial evaluation, without overhead.
+
+    ``step_seconds(rows)`` is the time of one settling step of ``rows`` examples and
+    ``update_seconds`` that of one weight update.
+    """
     n_train, n_test = settings.batch_counts()
-    size, sizes = settings.batch_size, settings.layer_sizes
+    size, free_steps = settings.batch_size, _free_steps(settings)
+    clamped_steps = settings.weakly_clamped_iterations
+    train = n_train * ((free_steps + clamped_steps) * step_seconds(size) + update_seconds)
+    full, rest = divmod(n_test, max(1, eval_chunk))
+    evaluate = full * free_steps * step_seconds(eval_chunk * size)
+    evaluate += free_steps * step_seconds(rest * size) if rest else 0.0
+    return settings.epochs * (train + evaluate) + evaluate
+
+
+def _cpu_training_seconds(settings: TrialSettings, eval_chunk: int, threads: int) -> float:
+    sizes = settings.layer_sizes
     edges = connections(settings) - sizes[0] * sizes[1]  # those among non-input neurons
     speedup = _speedup(threads)
-    free_steps = settings.free_iterations
-    if settings.settle == "sor":
-        free_steps = min(settings.settle_cap, SOR_PASSES)
 
-    def settle(steps: int, rows: int) -> float:
-        return steps * (SECONDS_PER_STEP + 2 * edges * rows * SECONDS_PER_EDGE_EXAMPLE) / speedup
+    def step(rows: int) -> float:
+        return (SECONDS_PER_STEP + 2 * edges * rows * SECONDS_PER_EDGE_EXAMPLE) / speedup
 
     neurons = sum(sizes)
     update = SECONDS_PER_UPDATE_ENTRY * neurons * (neurons - sizes[0])
-    train = n_train * (settle(free_steps + settings.weakly_clamped_iterations, size) + update)
-    full, rest = divmod(n_test, max(1, eval_chunk))
-    evaluate = full * settle(free_steps, eval_chunk * size)
-    evaluate += settle(free_steps, rest * size) if rest else 0.0
-    return settings.epochs * (train + evaluate) + evaluate + JOB_OVERHEAD_S
+    return _training_seconds(settings, eval_chunk, step, update)
 
 
-def estimate_mem_mb(settings: TrialSettings) -> int:
-    """Torch and Python, the data (MNIST loads a whole split first), weights and particles."""
+def estimate_seconds(settings: TrialSettings, eval_chunk: int = 50, threads: int = 1) -> float:
+    """A generous CPU estimate of a trial's wall time with ``threads`` kernel threads."""
+    return _cpu_training_seconds(settings, eval_chunk, threads) + JOB_OVERHEAD_S
+
+
+def estimate_ensemble_seconds(
+    members: Sequence[TrialSettings], eval_chunk: int = 50, threads: int = 1
+) -> float:
+    """A generous estimate of the wall time of one ensemble of ``members`` (eqp.ensemble).
+
+    On CUDA the members settle together: a step costs a fixed launch overhead plus a time
+    per member, example and entry of the dense non-input rows of W. On a CPU the stacked
+    products are slower than the members' fused-kernel runs one after another, by
+    ENSEMBLE_CPU_SLOWDOWN.
+    """
+    first = members[0]
+    if not first.device.startswith("cuda"):
+        cpu = sum(_cpu_training_seconds(m, eval_chunk, threads) for m in members)
+        return ENSEMBLE_CPU_SLOWDOWN * cpu + JOB_OVERHEAD_S
+    sizes = first.layer_sizes
+    neurons = sum(sizes)
+    entries = neurons * (neurons - sizes[0])
+    count = len(members)
+
+    def step(rows: int) -> float:
+        return GPU_SECONDS_PER_STEP + count * rows * entries * GPU_SECONDS_PER_ENTRY_EXAMPLE
+
+    update = GPU_SECONDS_PER_UPDATE + count * entries * GPU_SECONDS_PER_UPDATE_ENTRY
+    return _training_seconds(first, eval_chunk, step, update) + JOB_OVERHEAD_S
+
+
+def _memory_bytes(settings: TrialSettings) -> tuple[float, float]:
+    """Bytes a process holds once for the data set, and once per network it trains."""
     n_train, n_test = examples(settings)
     sizes = settings.layer_sizes
     neurons = sum(sizes)
@@ -421,8 +541,29 @@ def estimate_mem_mb(settings: TrialSettings) -> int:
         data += 70000 * sizes[0] * (1 + 4)  # the full idx files, as uint8 and float32
     weights = neurons * neurons * 4 * 8  # W, mask, running means, per-batch dW, engine copies
     particles = (n_train + n_test) * hidden * 4 * 2
-    total = BASE_MEM_MB + 1.5 * (data + weights + particles) / 2**20
+    return data, weights + particles
+
+
+def _mem_mb(total_bytes: float) -> int:
+    total = BASE_MEM_MB + 1.5 * total_bytes / 2**20
     return int(math.ceil(total / 100.0) * 100)
+
+
+def estimate_mem_mb(settings: TrialSettings) -> int:
+    """Torch and Python, the data (MNIST loads a whole split first), weights and particles."""
+    return _mem_mb(sum(_memory_bytes(settings)))
+
+
+def estimate_ensemble_mem_mb(members: Sequence[TrialSettings]) -> int:
+    """One process, the data set once (every member reads the same batches), each member's
+    weights and particles."""
+    shared, _ = _memory_bytes(members[0])
+    return _mem_mb(shared + sum(_memory_bytes(m)[1] for m in members))
+
+
+def _limit_minutes(seconds: float) -> int:
+    """Slurm's time limit (minutes) for a job estimated at ``seconds``."""
+    return max(MIN_RUNTIME_MIN, int(math.ceil(RUNTIME_MARGIN * seconds / 60.0)))
 
 
 def estimate_resources(
@@ -433,10 +574,24 @@ def estimate_resources(
     The runtime is a CPU estimate with a margin; on a GPU it is far too long, which only
     costs queue priority. Override per rule with ``--set-resources train_trial:runtime=...``.
     """
-    minutes = RUNTIME_MARGIN * estimate_seconds(settings, eval_chunk, threads) / 60.0
     return {
         "mem_mb": estimate_mem_mb(settings),
-        "runtime": max(MIN_RUNTIME_MIN, int(math.ceil(minutes))),
+        "runtime": _limit_minutes(estimate_seconds(settings, eval_chunk, threads)),
+    }
+
+
+def estimate_ensemble_resources(
+    members: Sequence[TrialSettings], eval_chunk: int = 50, threads: int = 1
+) -> dict[str, int]:
+    """``mem_mb`` and ``runtime`` (minutes) of one ensemble job (train_sweep_ensemble).
+
+    Override with ``--set-resources train_sweep_ensemble:runtime=...``.
+    """
+    if not members:
+        raise PipelineError("an ensemble needs at least one member")
+    return {
+        "mem_mb": estimate_ensemble_mem_mb(members),
+        "runtime": _limit_minutes(estimate_ensemble_seconds(members, eval_chunk, threads)),
     }
 
 
@@ -543,6 +698,55 @@ def train(
             threads=threads,
             eval_chunk=int(params.get("eval_chunk", 50)),
         )
+
+
+def train_ensemble(
+    members: Sequence[Mapping[str, Any]],
+    out_dirs: Sequence[str | Path],
+    *,
+    data_root: str | None,
+    checkpoints: Sequence[str | Path | None],
+    log_path: str | Path,
+) -> list[Any]:
+    """Train the jobs of :meth:`Plan.ensemble_params` as one ensemble (eqp.ensemble).
+
+    Every member's folder is written as :func:`train` writes one (summary.json last). Members
+    that cannot be stacked end the job with one line (in the log and via SystemExit).
+    """
+    import warnings
+
+    if not members or len(out_dirs) != len(members) or len(checkpoints) != len(members):
+        raise PipelineError(
+            f"an ensemble needs one folder and one checkpoint per member: {len(members)} "
+            f"member(s), {len(out_dirs)} folder(s), {len(checkpoints)} checkpoint(s)"
+        )
+    from .ensemble import EnsembleError, run_ensemble
+
+    settings = [trial_from_dict(job["name"], job["settings"]) for job in members]
+    first = members[0]
+    failure: EnsembleError | None = None
+    with logged(log_path, writes_to=(*out_dirs, *checkpoints)), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse")
+        print(f"ensemble of {len(settings)} member(s)")
+        for member, folder in zip(settings, out_dirs, strict=True):
+            print(f"{folder}: {member.to_dict()}")
+        try:
+            return run_ensemble(
+                settings,
+                out_dirs,
+                data_root,
+                checkpoints=checkpoints,
+                log=print,
+                preset=first.get("preset"),
+                eval_chunk=int(first.get("eval_chunk", 50)),
+            )
+        except EnsembleError as exc:
+            failure = exc
+            print(f"error: {exc}")
+    raise SystemExit(
+        f"error: the members cannot be trained as one ensemble: {failure} "
+        "(set sweep.ensemble: false to train one job per point)"
+    )
 
 
 def draw_figure(

@@ -208,6 +208,94 @@ def test_cli_values_get_their_types_back() -> None:
     assert pipeline.typed_cli_values({"dataset_source_dir": "null"}) == {"dataset_source_dir": None}
 
 
+# -- sweep.ensemble: the sweep of one seed as one job -----------------------------------------
+
+
+def ensemble_config(ensemble: Any, base: Path = DEMO_CONFIG, **changes: Any) -> dict[str, Any]:
+    """A preset with ``sweep.ensemble`` set (left out for None) and top-level ``changes``."""
+    config = {**load_yaml(base), **changes}
+    config["sweep"] = {k: v for k, v in config["sweep"].items() if k != "ensemble"}
+    if ensemble is not None:
+        config["sweep"]["ensemble"] = ensemble
+    return config
+
+
+def test_sweep_ensemble_auto_is_on_only_on_cuda_where_the_points_stack() -> None:
+    def resolved(config: dict[str, Any]) -> bool:
+        return pipeline.Plan.from_config(config, REPO).sweep_ensemble
+
+    assert not resolved(ensemble_config(None))  # demo: euler on cpu
+    assert not resolved(ensemble_config("auto"))
+    assert resolved(ensemble_config(None, device="cuda"))
+    assert resolved(ensemble_config("auto", device="cuda:1"))
+    assert not resolved(ensemble_config(False, device="cuda"))
+    assert resolved(ensemble_config(True))  # asked for on a CPU: allowed
+    # the default preset's sweep settles with sor, which an ensemble cannot run
+    assert not resolved(ensemble_config("auto", base=DEFAULT_CONFIG, device="cuda"))
+    assert not resolved(ensemble_config("auto", engine="dense", device="cuda"))
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (ensemble_config(True, base=DEFAULT_CONFIG), "settle with 'sor'"),
+        (ensemble_config(True, engine="dense"), "engine is 'dense'"),
+        (ensemble_config("yes"), "must be auto, true or false, got 'yes'"),
+    ],
+    ids=["sor", "dense", "value"],
+)
+def test_sweep_ensemble_that_cannot_be_trained_is_refused(config: dict, expected: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(expected)) as caught:
+        pipeline.Plan.from_config(config, REPO)
+    assert "sweep.ensemble" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_ensemble_job_is_every_sweep_point_of_its_seed() -> None:
+    plan = pipeline.Plan.from_config(ensemble_config(True, seeds=[0, 3]), REPO)
+    labels = plan.sweep_labels
+    assert len(labels) == 31
+    for seed in plan.seeds:
+        assert plan.ensemble_params(seed) == [plan.sweep_params(p, seed) for p in labels]
+        assert plan.ensemble_folders(seed) == [plan.sweep_folder(p, seed) for p in labels]
+        checkpoints = plan.ensemble_checkpoints(seed)
+        assert checkpoints == [plan.sweep_checkpoint(p, seed) for p in labels]
+        assert len(set(checkpoints)) == 31
+    assert {m["settings"]["bypass_p"] for m in plan.ensemble_params(3)} == set(
+        plan.sweep_points.values()
+    )
+    assert {m["settings"]["seed"] for m in plan.ensemble_params(3)} == {3}
+    outputs = [f for seed in plan.seeds for f in plan.ensemble_outputs(seed)]
+    assert sorted(outputs) == sorted(plan.all_sweep_outputs())
+    assert len(outputs) == len(set(outputs)) == 2 * 31 * len(TRAIN_FILES)
+    pattern = plan.ensemble_outputs("{seed}")
+    assert pattern[0] == "results/sweep/p0.000000/seed{seed}/" + TRAIN_FILES[0]
+
+
+def test_ensemble_resources_hold_every_member() -> None:
+    paper = load_yaml(REPO / "config" / "paper.yaml")
+    cpu = pipeline.Plan.from_config(ensemble_config(True, base=REPO / "config" / "paper.yaml"), REPO)
+    points = [cpu.sweep_resources(p, 0) for p in cpu.sweep_labels]
+    ensemble = cpu.ensemble_resources(0)
+    # the data set once, every member's weights and particles
+    assert max(r["mem_mb"] for r in points) < ensemble["mem_mb"] < sum(r["mem_mb"] for r in points)
+    # on a CPU an ensemble is slower than the members' fused-kernel jobs one after another
+    members = [cpu.sweep_settings(p, 0) for p in cpu.sweep_labels]
+    alone = sum(pipeline.estimate_seconds(m) - pipeline.JOB_OVERHEAD_S for m in members)
+    assert pipeline.estimate_ensemble_seconds(members) > alone
+    assert ensemble["runtime"] > max(r["runtime"] for r in points)
+
+    cuda = pipeline.Plan.from_config({**paper, "device": "cuda"}, REPO)
+    assert cuda.sweep_ensemble and cuda.gpu_resources() == {"gpu": 1}
+    on_gpu = cuda.ensemble_resources(0)
+    assert on_gpu["mem_mb"] == ensemble["mem_mb"]
+    assert pipeline.MIN_RUNTIME_MIN <= on_gpu["runtime"] < ensemble["runtime"] / 10
+    # a GPU settles the members together: more members cost far less than proportionally
+    half = pipeline.estimate_ensemble_seconds(members[:15])
+    assert pipeline.estimate_ensemble_seconds(members) < 2 * half
+    with pytest.raises(SettingsError, match="at least one member"):
+        pipeline.estimate_ensemble_resources([])
+
+
 # -- schema and config errors --------------------------------------------------------------
 
 

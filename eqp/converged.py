@@ -134,9 +134,7 @@ class ConvergedSettler:
         else:
             n_in = self.net.n_inputs
             scaled = p.epsilon * self.net.weights[n_in:, n_in:]
-            settled, work, capped = sor_settle(
-                drive.T, state, scaled, self.bounds, p, cap
-            )
+            settled, work, capped = sor_settle(drive.T, state, scaled, self.bounds, p, cap)
         self.last_work, self.last_capped = work, capped
         return settled
 

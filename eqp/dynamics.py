@@ -22,6 +22,7 @@ from typing import Protocol
 import torch
 
 from . import kernels, native
+from .graphs import GraphedLoops
 from .network import Network, rho
 
 
@@ -115,7 +116,6 @@ _DENSE_BLOCK_MIN_AREA = 2048
 LAYOUTS = ("auto", "dense", "blocked", "fused")
 
 
-
 class FastEngine:
     """Hidden-only Euler steps with the input drive folded in.
 
@@ -134,13 +134,20 @@ class FastEngine:
     ``auto`` takes ``fused`` on a CPU where the kernel is built, else the cheaper of the
     other two by a simple cost model. The mask never changes, so the choice and the block
     plan are made once and ``refresh`` only copies new values in. ``threads`` is how many
-    cores the fused kernel may use (the other layouts follow torch's thread setting).
+    cores the fused kernel may use (the other layouts follow torch's thread setting). On a
+    CUDA device the dense layout replays each phase as a captured CUDA graph
+    (:mod:`eqp.graphs`) unless ``cuda_graphs`` is False.
     """
 
     name = "fast"
 
     def __init__(
-        self, network: Network, epsilon: float, layout: str = "auto", threads: int = 1
+        self,
+        network: Network,
+        epsilon: float,
+        layout: str = "auto",
+        threads: int = 1,
+        cuda_graphs: bool = True,
     ) -> None:
         if layout not in LAYOUTS:
             raise LayoutError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
@@ -163,6 +170,9 @@ class FastEngine:
                 layout = self._cheaper_layout()
         self.layout = layout
         self.fused = None
+        self.step_matrix: torch.Tensor | None = None
+        on_cuda = network.weights.device.type == "cuda"
+        self.graphs = GraphedLoops() if layout == "dense" and on_cuda and cuda_graphs else None
         if layout == "fused":
             mask = network.mask[network.n_inputs :, network.n_inputs :]
             self.fused = native.FusedSteps(mask, self._bounds, self.fused_blocks, threads=threads)
@@ -234,9 +244,11 @@ class FastEngine:
             self.fused.refresh(self.eps * w_hh)
             return
         if self.layout == "dense":
-            step = self.eps * w_hh
-            step.diagonal().add_(1 - self.eps)
-            self.step_matrix = step
+            # In place: a captured CUDA graph reads this very storage.
+            if self.step_matrix is None:
+                self.step_matrix = torch.empty(w_hh.shape, dtype=w_hh.dtype, device=w_hh.device)
+            torch.mul(w_hh, self.eps, out=self.step_matrix)
+            self.step_matrix.diagonal().add_(1 - self.eps)
             return
         self.run_values = [
             torch.stack(
@@ -296,6 +308,13 @@ class FastEngine:
         first_output = self.net.output_slice.start
         if self.fused is not None:
             return self.fused.settle(drive, state, 1 - self.eps, steps, target, pull, first_output)
+        if self.graphs is not None:
+            return self.graphs.run(
+                kernels.graph_dense_loop,
+                (drive.T.contiguous(), state, target),
+                (self.step_matrix,),
+                (steps, pull, first_output),
+            )
         if self.layout == "dense":
             s = state.clone()
             return kernels.compiled("dense_loop")(
@@ -338,7 +357,12 @@ ENGINES = {"dense": DenseReference, "fast": FastEngine}
 
 
 def make_engine(
-    name: str, network: Network, epsilon: float, layout: str = "auto", threads: int = 1
+    name: str,
+    network: Network,
+    epsilon: float,
+    layout: str = "auto",
+    threads: int = 1,
+    cuda_graphs: bool = True,
 ) -> Minimiser:
     """Engine ``name``; ``layout`` chooses the fast engine's weight layout (see FastEngine)."""
     if name not in ENGINES:
@@ -347,4 +371,4 @@ def make_engine(
         if layout != "auto":
             raise LayoutError(f"layout {layout!r} applies to the fast engine only")
         return DenseReference(network, epsilon)
-    return FastEngine(network, epsilon, layout, threads)
+    return FastEngine(network, epsilon, layout, threads, cuda_graphs)

@@ -156,8 +156,14 @@ def states_study(
     trainer = Trainer(settings, data_root)
     inner = trainer.engine.inner
     counts = {
-        start: {"examples": 0, "far_long": 0, "argmax_long": 0, "far_faithful": 0,
-                "argmax_faithful": 0, "work": []}
+        start: {
+            "examples": 0,
+            "far_long": 0,
+            "argmax_long": 0,
+            "far_faithful": 0,
+            "argmax_faithful": 0,
+            "work": [],
+        }
         for start in ("cold", "warm")
     }
     for start in ("cold", "warm"):
@@ -208,8 +214,10 @@ def markdown(report: dict[str, Any]) -> str:
                         _pm(row[f"{method}_{split}_mean"], row[f"{method}_{split}_sd"], digits)
                     )
             cells.append(
-                " / ".join("yes" if row[f"{s}_within_2sd"] else "**no**"
-                           for s in ("train_error", "test_error"))
+                " / ".join(
+                    "yes" if row[f"{s}_within_2sd"] else "**no**"
+                    for s in ("train_error", "test_error")
+                )
             )
             cells.append(f"{row['euler_seconds']:.1f} / {row['sor_seconds']:.1f}")
             lines.append("| " + " | ".join(cells) + " |")

@@ -90,6 +90,45 @@ def blocked_loop(
     return s
 
 
+def graph_dense_loop(
+    drive: torch.Tensor,
+    s: torch.Tensor,
+    target: torch.Tensor | None,
+    matrix: torch.Tensor,
+    steps: int,
+    pull: float,
+    first_output: int,
+) -> torch.Tensor:
+    """``dense_loop`` in the argument order of :class:`eqp.graphs.GraphedLoops` (per-phase
+    tensors, then the step matrix, then constants), with its own scratch buffer."""
+    return dense_loop(drive, s, matrix, torch.empty_like(s), steps, target, pull, first_output)
+
+
+def stacked_loop(
+    drive: torch.Tensor,
+    s: torch.Tensor,
+    target: torch.Tensor | None,
+    pull: torch.Tensor | None,
+    matrix: torch.Tensor,
+    steps: int,
+    first_output: int,
+) -> torch.Tensor:
+    """``dense_loop`` for an ensemble: leading member axis, one batched product per step.
+
+    ``drive`` and ``s`` are members x rows x hidden, ``matrix`` members x hidden x hidden and
+    ``pull`` (members x 1 x 1) each member's nudging strength, a tensor so that one captured
+    graph serves every sign of beta.
+    """
+    buffer = torch.empty_like(s)
+    for _ in range(steps):
+        torch.baddbmm(drive, s, matrix, out=buffer)
+        if target is not None and pull is not None:
+            out = buffer[:, :, first_output:]
+            out.copy_(out + pull * (target - out))
+        torch.clamp(buffer, 0.0, 1.0, out=s)
+    return s
+
+
 _LOOPS = {"dense_loop": dense_loop, "blocked_loop": blocked_loop}
 _compiled: dict[str, Callable] = {}
 

@@ -25,6 +25,7 @@ from . import records
 from .converged import SorParameters, make_settler
 from .data import DataSet, load_dataset
 from .dynamics import Minimiser, make_engine
+from .graphs import precise_float32
 from .network import Network, rho
 from .settings import TrialSettings
 from .topology import Topology, build_topology
@@ -40,15 +41,19 @@ class DeviceError(RuntimeError):
 
 
 def resolve_device(device: str) -> torch.device:
+    """The torch device, checked; on CUDA float32 products are set to stay full float32."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DeviceError(
             f"device '{device}' was requested but this machine has no usable CUDA "
             "(torch.cuda.is_available() is False); set device: cpu (or --device cpu)"
         )
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as exc:
         raise DeviceError(f"device '{device}' is not a valid torch device: {exc}") from exc
+    if resolved.type == "cuda":
+        precise_float32()
+    return resolved
 
 
 @dataclass
@@ -124,6 +129,7 @@ class Trainer:
         data: DataSet | None = None,
         layout: str = "auto",
         threads: int = 1,
+        cuda_graphs: bool = True,
     ) -> None:
         self.settings = settings
         self.threads = max(1, threads)
@@ -135,7 +141,7 @@ class Trainer:
         self.data: DataSet = data
         self.topology: Topology = build_topology(settings, np.random.RandomState(settings.seed))
         self.net = Network.from_topology(self.topology, self.device)
-        inner = make_engine(engine, self.net, settings.epsilon, layout, self.threads)
+        inner = make_engine(engine, self.net, settings.epsilon, layout, self.threads, cuda_graphs)
         self.sor = (
             SorParameters(settings.epsilon, settings.settle_tol, settings.settle_max_steps)
             if settings.settle == "sor"
@@ -164,6 +170,9 @@ class Trainer:
         ]
         self._factor = None
         self._bias_factor = None
+        # Set by eqp.ensemble when this trial is trained stacked with others: a checkpoint of
+        # a stacked run resumes only a stacked run of the same size (the last bits differ).
+        self.ensemble: dict[str, int] | None = None
         if settings.per_layer_rates:
             factor = self.net.pair_learning_rate_matrix(settings.pair_learning_rates)
             self._factor = factor[:, n_in:].contiguous()
@@ -312,17 +321,17 @@ class Trainer:
         """Identifies what a checkpoint may resume: settings, engine, weight layout and
         evaluation chunking (each changes the last bits, so a resumed run would not equal an
         uninterrupted one)."""
-        blob = json.dumps(
-            {
-                "settings": self.settings.to_dict(),
-                "engine": self.engine.name,
-                "layout": getattr(self.engine, "layout", "full"),
-                "settle": self.settle_record(),
-                "eval_chunk": self.eval_chunk,
-                "format": CHECKPOINT_FORMAT,
-            },
-            sort_keys=True,
-        )
+        identity = {
+            "settings": self.settings.to_dict(),
+            "engine": self.engine.name,
+            "layout": getattr(self.engine, "layout", "full"),
+            "settle": self.settle_record(),
+            "eval_chunk": self.eval_chunk,
+            "format": CHECKPOINT_FORMAT,
+        }
+        if self.ensemble is not None:
+            identity["ensemble"] = self.ensemble["members"]
+        blob = json.dumps(identity, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def settle_record(self) -> dict[str, Any]:
@@ -360,8 +369,8 @@ class Trainer:
         """Resume from ``path`` if it belongs to this exact trial; report whether it did."""
         return self.resume_from(path) is None
 
-    def resume_from(self, path: Path) -> str | None:
-        """Resume from ``path``; None if it did, else why the checkpoint cannot be used."""
+    def read_checkpoint(self, path: Path) -> tuple[dict, dict[str, torch.Tensor]] | str:
+        """A checkpoint's metadata and tensors if it belongs to this exact trial, else why not."""
         if not path.is_file():
             return "it is not a file"
         from safetensors import SafetensorError, safe_open
@@ -370,7 +379,8 @@ class Trainer:
             with safe_open(str(path), framework="pt") as handle:
                 meta = json.loads(handle.metadata()["state"])
             tensors = load_file(str(path))
-            stream = meta["stream"]
+            if "stream" not in meta:
+                raise KeyError("stream")
             missing = CHECKPOINT_TENSORS - set(tensors)
             if missing:
                 raise KeyError(", ".join(sorted(missing)))
@@ -379,6 +389,19 @@ class Trainer:
             return f"it is corrupt or truncated ({reason})"
         if meta.get("fingerprint") != self.fingerprint():
             return "it was made with other settings, another engine or another weight layout"
+        return meta, tensors
+
+    def resume_from(self, path: Path) -> str | None:
+        """Resume from ``path``; None if it did, else why the checkpoint cannot be used."""
+        checkpoint = self.read_checkpoint(path)
+        if isinstance(checkpoint, str):
+            return checkpoint
+        self.restore(*checkpoint)
+        return None
+
+    def restore(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Load a checkpoint that :meth:`read_checkpoint` accepted."""
+        stream = meta["stream"]
         self.net.weights.copy_(tensors["weights"])
         self.net.biases.copy_(tensors["biases"])
         self.train_particles.copy_(tensors["train_particles"])
@@ -393,7 +416,6 @@ class Trainer:
             rates=list(tensors["rates"].numpy()) if "rates" in tensors else [],
         )
         self.engine.refresh()
-        return None
 
 
 def log_spread(rates: np.ndarray) -> float:
@@ -486,19 +508,7 @@ def run_trial(
             log(f"ignored the checkpoint {checkpoint_path}: {problem}; starting over")
     if not trainer.history.rows:
         tick = time.perf_counter()
-        initial = trainer.evaluate()
-        trainer.history.rows.append(
-            EpochResult(
-                0,
-                initial.error,
-                initial.error,
-                initial.saturated_low,
-                initial.saturated_high,
-                time.perf_counter() - tick,
-                test_work=initial.work,
-            ).row()
-        )
-        log(f"epoch 0: test error {initial.error:.6g}")
+        record_initial(trainer, trainer.evaluate(), time.perf_counter() - tick, log)
         if checkpoint_path is not None:
             trainer.save_checkpoint(checkpoint_path)
     bar = _progress_bar(progress, settings, len(trainer.data.train), trainer.epoch)
@@ -507,28 +517,7 @@ def run_trial(
             tick = time.perf_counter()
             train_error, rates = trainer.train_epoch(bar.update if bar is not None else None)
             evaluation = trainer.evaluate()
-            result = EpochResult(
-                trainer.epoch,
-                train_error,
-                evaluation.error,
-                evaluation.saturated_low,
-                evaluation.saturated_high,
-                time.perf_counter() - tick,
-                train_work=trainer.train_work,
-                test_work=evaluation.work,
-            )
-            trainer.history.rows.append(result.row())
-            trainer.history.rates.append(rates)
-            log(
-                f"epoch {result.epoch}: train error {train_error:.6g}, test error "
-                f"{evaluation.error:.6g} ({result.seconds:.1f} s"
-                + (
-                    f"; free-phase passes per example: train {_work_text(trainer.train_work)}, "
-                    f"test {_work_text(evaluation.work)})"
-                    if trainer.sor is not None
-                    else ")"
-                )
-            )
+            record_epoch(trainer, train_error, rates, evaluation, time.perf_counter() - tick, log)
             if checkpoint_path is not None:
                 trainer.save_checkpoint(checkpoint_path)
     finally:
@@ -538,6 +527,57 @@ def run_trial(
     if checkpoint_path is not None:
         checkpoint_path.unlink(missing_ok=True)
     return TrialOutcome(Path(out_dir), summary, resumed)
+
+
+def record_initial(
+    trainer: Trainer, initial: Evaluation, seconds: float, log: Callable[[str], None]
+) -> None:
+    """Epoch 0's row: the test error before any training."""
+    trainer.history.rows.append(
+        EpochResult(
+            0,
+            initial.error,
+            initial.error,
+            initial.saturated_low,
+            initial.saturated_high,
+            seconds,
+            test_work=initial.work,
+        ).row()
+    )
+    log(f"epoch 0: test error {initial.error:.6g}")
+
+
+def record_epoch(
+    trainer: Trainer,
+    train_error: float,
+    rates: np.ndarray,
+    evaluation: Evaluation,
+    seconds: float,
+    log: Callable[[str], None],
+) -> None:
+    """Append one trained epoch's row and rates to the history, and log it."""
+    result = EpochResult(
+        trainer.epoch,
+        train_error,
+        evaluation.error,
+        evaluation.saturated_low,
+        evaluation.saturated_high,
+        seconds,
+        train_work=trainer.train_work,
+        test_work=evaluation.work,
+    )
+    trainer.history.rows.append(result.row())
+    trainer.history.rates.append(rates)
+    log(
+        f"epoch {result.epoch}: train error {train_error:.6g}, test error "
+        f"{evaluation.error:.6g} ({result.seconds:.1f} s"
+        + (
+            f"; free-phase passes per example: train {_work_text(trainer.train_work)}, "
+            f"test {_work_text(evaluation.work)})"
+            if trainer.sor is not None
+            else ")"
+        )
+    )
 
 
 def _settle_text(record: dict[str, Any]) -> str:
@@ -652,6 +692,7 @@ def write_trial_folder(
         "settle": trainer.settle_record(),
         "threads": trainer.threads,
         "device": str(trainer.device),
+        "ensemble": trainer.ensemble,
         "seconds": seconds,
         "versions": versions(),
     }

@@ -1,0 +1,433 @@
+"""Several trials of one shape trained in lockstep as one stacked batch (built for GPUs).
+
+A trial's batches are sequential (persistent particles, an update after every batch), so one
+trial cannot fill a GPU: its steps are a few microseconds of arithmetic each. Trials with the
+same layer sizes (the 31 points of the bypass-p sweep, seeds of one trial) can share every
+launch instead: weights, particles and states get a leading member axis, each Euler step is one
+batched product over the members (captured as a CUDA graph on a GPU), and the update is one
+batched product too. Each member keeps its own data, topology, random stream (beta's sign) and
+learning rates, so its outputs equal its separate run within float rounding (batched and
+single products sum in different orders), and its trial folder is written as a single run's.
+
+Members are ordinary :class:`eqp.trainer.Trainer` objects whose tensors are re-pointed at
+slices of the stacked ones, so checkpoints and trial folders are theirs unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import kernels
+from .graphs import GraphedLoops
+from .network import rho
+from .settings import TrialSettings
+from .trainer import (
+    Evaluation,
+    Trainer,
+    TrialOutcome,
+    WorkTally,
+    _check_writable_places,
+    record_epoch,
+    record_initial,
+    write_trial_folder,
+)
+
+# Settings that every member must share: they fix the stacked shapes and the step loops.
+SHARED_SETTINGS = (
+    "layer_sizes",
+    "batch_size",
+    "epsilon",
+    "free_iterations",
+    "weakly_clamped_iterations",
+    "epochs",
+    "device",
+    "settle",
+)
+
+
+class EnsembleError(ValueError):
+    """The trials asked for cannot be trained as one stack."""
+
+
+def check_stackable(settings_list: Sequence[TrialSettings]) -> None:
+    """One clear error naming the first setting in which the members differ."""
+    if not settings_list:
+        raise EnsembleError("an ensemble needs at least one trial")
+    first = settings_list[0]
+    for other in settings_list[1:]:
+        for key in SHARED_SETTINGS:
+            if getattr(other, key) != getattr(first, key):
+                raise EnsembleError(
+                    f"trials {first.name!r} and {other.name!r} differ in {key} "
+                    f"({getattr(first, key)!r} vs {getattr(other, key)!r}); an ensemble stacks "
+                    f"only trials that share {', '.join(SHARED_SETTINGS)}: train them separately"
+                )
+        if other.batch_counts() != first.batch_counts():
+            raise EnsembleError(
+                f"trials {first.name!r} and {other.name!r} have different numbers of batches "
+                f"({first.batch_counts()} vs {other.batch_counts()}); give them the same "
+                "train_examples and test_examples"
+            )
+    if first.settle != "euler":
+        raise EnsembleError(
+            f"an ensemble runs the faithful Euler phases only, not settle: {first.settle}; "
+            "use settle: euler or train the trials separately"
+        )
+
+
+class Ensemble:
+    """Lockstep training of ``trainers`` (built on one device, stackable settings)."""
+
+    def __init__(self, trainers: Sequence[Trainer], cuda_graphs: bool = True) -> None:
+        check_stackable([t.settings for t in trainers])
+        self.members = list(trainers)
+        first = self.members[0]
+        self.settings = first.settings
+        self.device = first.device
+        size = len(self.members)
+        for index, member in enumerate(self.members):
+            member.ensemble = {"members": size, "index": index}
+        net = first.net
+        self.n_in = net.n_inputs
+        self.output_start = net.output_slice.start
+        self.classification = first.data.classification
+        self.eps = float(self.settings.epsilon)
+        self._stack_parameters()
+        self._stack_particles()
+        self._stack_data()
+        self._stack_learning_rates()
+        self.matrix = torch.empty(
+            size, *(2 * (net.n_neurons - self.n_in,)), dtype=torch.float32, device=self.device
+        )
+        self.graphs = GraphedLoops() if self.device.type == "cuda" and cuda_graphs else None
+        self.refresh()
+
+    # -- stacking ----------------------------------------------------------------------------
+
+    def _stack_parameters(self) -> None:
+        self.weights = torch.stack([m.net.weights for m in self.members])
+        self.biases = torch.stack([m.net.biases for m in self.members])
+        self.mask_columns = torch.stack([m._mask_columns for m in self.members])
+        self.mean_abs_dw = torch.stack([m.mean_abs_dw for m in self.members])
+        for index, member in enumerate(self.members):
+            member.net.weights = self.weights[index]
+            member.net.biases = self.biases[index]
+            member.mean_abs_dw = self.mean_abs_dw[index]
+        first = self.members[0]
+        self.pair_columns = first._pair_columns
+        self.pair_counts = torch.tensor(
+            [m._pair_counts for m in self.members], dtype=torch.float32, device=self.device
+        )
+
+    def _stack_particles(self) -> None:
+        # Batches outermost: one batch's particles of all members are one contiguous block.
+        self.train_particles = torch.stack([m.train_particles for m in self.members], 1)
+        self.test_particles = torch.stack([m.test_particles for m in self.members], 1)
+        for index, member in enumerate(self.members):
+            member.train_particles = self.train_particles[:, index]
+            member.test_particles = self.test_particles[:, index]
+
+    def _stack_data(self) -> None:
+        """Members that drew the same batches (same data and seed) share one copy."""
+        first = self.members[0].data
+        shared = all(
+            torch.equal(m.data.train.x, first.train.x)
+            and torch.equal(m.data.test.x, first.test.x)
+            and torch.equal(m.data.train.y, first.train.y)
+            and torch.equal(m.data.test.y, first.test.y)
+            for m in self.members[1:]
+        )
+        count = len(self.members)
+        if shared:
+            for member in self.members[1:]:
+                member.data = first
+            self.train_x = first.train.x[:, None].expand(-1, count, -1, -1)
+            self.train_y = first.train.y[:, None].expand(-1, count, -1, -1)
+            self.test_x = first.test.x[:, None].expand(-1, count, -1, -1)
+            self.test_y = first.test.y[:, None].expand(-1, count, -1, -1)
+            return
+        self.train_x = torch.stack([m.data.train.x for m in self.members], 1)
+        self.train_y = torch.stack([m.data.train.y for m in self.members], 1)
+        self.test_x = torch.stack([m.data.test.x for m in self.members], 1)
+        self.test_y = torch.stack([m.data.test.y for m in self.members], 1)
+
+    def _stack_learning_rates(self) -> None:
+        """Per member a factor on dW (its scalar rate, or per-pair rates) and on the biases."""
+        weight_factors, bias_factors = [], []
+        for member in self.members:
+            rate = float(member.settings.learning_rate) if member._factor is None else 1.0
+            if member._factor is None:
+                weight_factors.append(torch.full_like(member._mask_columns, rate))
+                bias_factors.append(torch.full_like(member.net.biases, rate))
+            else:
+                weight_factors.append(member._factor)
+                bias = member._bias_factor
+                bias_factors.append(torch.ones_like(member.net.biases) if bias is None else bias)
+        self.weight_factor = torch.stack(weight_factors)
+        self.bias_factor = torch.stack(bias_factors)
+
+    def refresh(self) -> None:
+        """Step matrices eps W_hh + (1 - eps) I of every member, in place (graphs read them)."""
+        hidden = self.weights[:, self.n_in :, self.n_in :]
+        torch.mul(hidden, self.eps, out=self.matrix)
+        self.matrix.diagonal(dim1=1, dim2=2).add_(1 - self.eps)
+
+    # -- phases ------------------------------------------------------------------------------
+
+    def drive(self, x: torch.Tensor) -> torch.Tensor:
+        """eps (rho(x) W_xh + b_h) per member: members x rows x hidden."""
+        input_weights = self.weights[:, : self.n_in, self.n_in :]
+        hidden_bias = self.biases[:, None, self.n_in :]
+        return self.eps * torch.baddbmm(hidden_bias, rho(x.to(torch.float32)), input_weights)
+
+    def settle(
+        self,
+        drive: torch.Tensor,
+        state: torch.Tensor,
+        steps: int,
+        target: torch.Tensor | None = None,
+        pull: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``steps`` Euler steps of every member from ``state`` (members x rows x hidden)."""
+        if self.graphs is not None:
+            return self.graphs.run(
+                kernels.stacked_loop,
+                (drive, state, target, pull),
+                (self.matrix,),
+                (steps, self.output_start),
+            )
+        return kernels.stacked_loop(
+            drive, state.clone(), target, pull, self.matrix, steps, self.output_start
+        )
+
+    def _scores(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per member (and any further leading axes) the correct count or the mean cost."""
+        if self.classification:
+            return (outputs.argmax(-1) == targets.argmax(-1)).sum(-1)
+        return (0.5 * ((targets - outputs) ** 2).sum(-1)).mean(-1)
+
+    # -- training ----------------------------------------------------------------------------
+
+    def _update(
+        self, x: torch.Tensor, free: torch.Tensor, nudged: torch.Tensor, betas: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every member's EqProp update at once (see Trainer._update): rates and |dW|."""
+        inputs = rho(x.to(torch.float32))
+        r_free = torch.cat([inputs, free], 2)
+        r_nudged = torch.cat([inputs, nudged], 2)
+        both = torch.cat([r_nudged, r_free], 1)
+        signed = torch.cat([nudged, -free], 1)
+        size = x.shape[1]
+        scale = betas[:, None, None]
+        d_weights = torch.bmm(both.transpose(1, 2), signed).div_(scale)
+        d_weights.div_(size).mul_(self.mask_columns)
+        d_biases = ((r_nudged - r_free) / scale).mean(1)
+        norms = torch.stack(
+            [
+                torch.linalg.vector_norm(d_weights[:, rows, cols], dim=(1, 2))
+                for rows, cols in self.pair_columns
+            ],
+            1,
+        )
+        rates = norms / self.pair_counts.sqrt()
+        self.weights[:, :, self.n_in :] += d_weights * self.weight_factor
+        self.biases += d_biases * self.bias_factor
+        self.weights[:, self.n_in :, : self.n_in] = self.weights[
+            :, : self.n_in, self.n_in :
+        ].transpose(1, 2)
+        self.refresh()
+        return rates, d_weights.abs_()
+
+    def train_batch(self, j: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batch ``j`` of every member: free phase, scores, beta's signs, nudged phase, update."""
+        s = self.settings
+        x, y = self.train_x[j], self.train_y[j]
+        drive = self.drive(x)
+        free = self.settle(drive, self.train_particles[j], s.free_iterations)
+        self.train_particles[j] = free
+        scores = self._scores(free[:, :, self.output_start :], y)
+        for member in self.members:
+            if member.stream.randint(0, 2) == 1:
+                member.beta = -member.beta
+        betas = torch.tensor(
+            [m.beta for m in self.members], dtype=torch.float32, device=self.device
+        )
+        pull = (2 * self.eps * betas)[:, None, None]
+        nudged = self.settle(drive, free, s.weakly_clamped_iterations, y, pull)
+        rates, abs_dw = self._update(x, free, nudged, betas)
+        return scores, rates, abs_dw
+
+    def train_epoch(
+        self, progress: Callable[[int], None] | None = None
+    ) -> list[tuple[float, np.ndarray]]:
+        """One pass over the training batches for every member: (error, rates) per member."""
+        n_batches = self.train_x.shape[0]
+        count = len(self.members)
+        rates = torch.empty(n_batches, count, self.pair_counts.shape[1], device=self.device)
+        epoch_abs = torch.zeros_like(self.mean_abs_dw)
+        score = torch.zeros(count, dtype=torch.float64, device=self.device)
+        for j in range(n_batches):
+            batch_score, rates[j], abs_dw = self.train_batch(j)
+            score += batch_score
+            epoch_abs += abs_dw
+            if progress is not None:
+                progress(1)
+        epoch = self.members[0].epoch + 1
+        epoch_abs /= n_batches
+        self.mean_abs_dw += (epoch_abs - self.mean_abs_dw) / epoch
+        steps = self.settings.free_iterations
+        examples = n_batches * self.settings.batch_size
+        totals = score.cpu().numpy()
+        per_member = rates.double().cpu().numpy()
+        results = []
+        for index, member in enumerate(self.members):
+            member.epoch = epoch
+            member.train_work = WorkTally(examples, examples * steps, steps, 0)
+            if self.classification:
+                error = (examples - int(totals[index])) / examples
+            else:
+                error = float(totals[index]) / n_batches
+            results.append((error, per_member[:, index]))
+        return results
+
+    def evaluate(self, chunk: int | None = None) -> list[Evaluation]:
+        """Every member's test error (chunks of ``chunk`` test batches, as Trainer.evaluate)."""
+        s = self.settings
+        chunk = chunk or self.members[0].eval_chunk
+        n_batches, count, size = self.test_x.shape[0], len(self.members), s.batch_size
+        hidden = self.test_particles.shape[-1]
+        scores = []
+        last = None
+        for start in range(0, n_batches, chunk):
+            stop = min(start + chunk, n_batches)
+            rows = (stop - start) * size
+            x = self.test_x[start:stop].transpose(0, 1).reshape(count, rows, -1)
+            y = self.test_y[start:stop].transpose(0, 1)
+            state = self.test_particles[start:stop].transpose(0, 1).reshape(count, rows, hidden)
+            free = self.settle(self.drive(x), state, s.free_iterations)
+            moved = free.view(count, stop - start, size, hidden)
+            self.test_particles[start:stop] = moved.transpose(0, 1)
+            outputs = free[:, :, self.output_start :].view(count, stop - start, size, -1)
+            scores.append(self._scores(outputs, y))
+            last = torch.cat([x[:, -size:], free[:, -size:]], 2)
+        totals = torch.cat(scores, 1).double().cpu().numpy()
+        low = (last == 0).sum((1, 2)).cpu().numpy()
+        high = (last == 1).sum((1, 2)).cpu().numpy()
+        results = []
+        examples = n_batches * size
+        for index in range(count):
+            if self.classification:
+                error = 1 - int(totals[index].sum()) / examples
+            else:
+                error = float(sum(float(v) for v in totals[index])) / n_batches
+            work = WorkTally(examples, examples * s.free_iterations, s.free_iterations, 0)
+            results.append(Evaluation(error, int(low[index]), int(high[index]), work))
+        return results
+
+
+def run_ensemble(
+    settings_list: Sequence[TrialSettings],
+    out_dirs: Sequence[str | Path],
+    data_root: str | Path | None = None,
+    *,
+    checkpoints: Sequence[str | Path | None] | None = None,
+    log: Callable[[str], None] = print,
+    preset: str | None = None,
+    eval_chunk: int = 50,
+    cuda_graphs: bool = True,
+) -> list[TrialOutcome]:
+    """Train stackable trials together; write each one's folder as :func:`run_trial` would.
+
+    Checkpoints (one per member, after every epoch) resume only together: if any member's
+    is missing or unusable, every member starts over, since they must stay in lockstep.
+    """
+    check_stackable(settings_list)
+    if len(out_dirs) != len(settings_list):
+        raise EnsembleError(
+            f"{len(settings_list)} trials but {len(out_dirs)} output folders; give one each"
+        )
+    paths = [None if c is None else Path(c) for c in (checkpoints or [None] * len(out_dirs))]
+    if len(paths) != len(settings_list):
+        raise EnsembleError(
+            f"{len(settings_list)} trials but {len(paths)} checkpoints; give one each (or none)"
+        )
+    for folder, checkpoint in zip(out_dirs, paths, strict=True):
+        _check_writable_places(Path(folder), checkpoint)
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    trainers = [Trainer(s, data_root, eval_chunk=eval_chunk, layout="dense") for s in settings_list]
+    ensemble = Ensemble(trainers, cuda_graphs=cuda_graphs)
+    first = trainers[0]
+    log(
+        f"ensemble of {len(trainers)} trials ({', '.join(s.name for s in settings_list)}) on "
+        f"{first.device}: {len(first.data.train)} training and {len(first.data.test)} test "
+        f"batches of {first.settings.batch_size} each; {first.settings.free_iterations} Euler "
+        f"steps (faithful); CUDA graphs {'on' if ensemble.graphs is not None else 'off'}"
+    )
+    _resume_together(trainers, paths, log)
+    ensemble.refresh()
+    resumed = first.epoch
+    if not first.history.rows:
+        tick = time.perf_counter()
+        initial = ensemble.evaluate()
+        seconds = time.perf_counter() - tick
+        for member, evaluation in zip(trainers, initial, strict=True):
+            record_initial(member, evaluation, seconds, _member_log(log, member))
+        _save_all(trainers, paths)
+    while first.epoch < first.settings.epochs:
+        tick = time.perf_counter()
+        trained = ensemble.train_epoch()
+        evaluations = ensemble.evaluate()
+        seconds = time.perf_counter() - tick
+        for member, (error, rates), evaluation in zip(trainers, trained, evaluations, strict=True):
+            record_epoch(member, error, rates, evaluation, seconds, _member_log(log, member))
+        _save_all(trainers, paths)
+    total = time.perf_counter() - started
+    outcomes = []
+    for member, folder, checkpoint in zip(trainers, out_dirs, paths, strict=True):
+        summary = write_trial_folder(member, Path(folder), preset, total)
+        if checkpoint is not None:
+            checkpoint.unlink(missing_ok=True)
+        outcomes.append(TrialOutcome(Path(folder), summary, resumed))
+    return outcomes
+
+
+def _member_log(log: Callable[[str], None], member: Trainer) -> Callable[[str], None]:
+    label = f"[{member.settings.name} p={member.settings.bypass_p} seed {member.settings.seed}] "
+    return lambda line: log(label + line)
+
+
+def _save_all(trainers: Sequence[Trainer], paths: Sequence[Path | None]) -> None:
+    for member, path in zip(trainers, paths, strict=True):
+        if path is not None:
+            member.save_checkpoint(path)
+
+
+def _resume_together(
+    trainers: Sequence[Trainer], paths: Sequence[Path | None], log: Callable[[str], None]
+) -> None:
+    """Resume every member from its checkpoint, or none of them (they move in lockstep)."""
+    if any(p is None or not p.exists() for p in paths):
+        if any(p is not None and p.exists() for p in paths):
+            log("some members have no checkpoint; every member starts over")
+        return
+    read = [t.read_checkpoint(p) for t, p in zip(trainers, paths, strict=True) if p is not None]
+    bad = [
+        f"{t.settings.name} p={t.settings.bypass_p}: {why}"
+        for t, why in zip(trainers, read, strict=True)
+        if isinstance(why, str)
+    ]
+    epochs = {int(c[0]["epoch"]) for c in read if not isinstance(c, str)}
+    if bad or len(epochs) != 1:
+        reason = "; ".join(bad) if bad else f"members stopped at different epochs {sorted(epochs)}"
+        log(f"ignored the checkpoints ({reason}); every member starts over")
+        return
+    accepted = [c for c in read if not isinstance(c, str)]
+    for member, (meta, tensors) in zip(trainers, accepted, strict=True):
+        member.restore(meta, tensors)
+    log(f"resumed every member from its checkpoint after epoch {trainers[0].epoch}")

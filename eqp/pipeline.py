@@ -72,7 +72,7 @@ RUNTIME_MARGIN = 2.0
 # Ensembles (sweep.ensemble, eqp.ensemble). On a CPU: the members' estimates above, one after
 # another, times a slowdown (stacked products against the fused kernel). On CUDA: a fixed cost
 # per settling step (kernel launches) plus a time per member, example and entry of the dense
-# non-input rows of W; the same for a weight update.
+# hidden x hidden step matrix; the same for a weight update (entries of the N x hidden dW).
 ENSEMBLE_CPU_SLOWDOWN = 3.0
 GPU_SECONDS_PER_STEP = 2.0e-4
 GPU_SECONDS_PER_ENTRY_EXAMPLE = 2.0e-12
@@ -84,7 +84,6 @@ BASE_MEM_MB = 1500
 
 class PipelineError(SettingsError):
     """The pipeline config is inconsistent; the message says which key and how to fix it."""
-
 
 
 def typed_cli_values(value: Any) -> Any:
@@ -436,7 +435,7 @@ class Plan:
 
     def ensemble_resources(self, seed: int) -> dict[str, int]:
         members = [self.sweep_settings(label, seed) for label in self.sweep_points]
-        return estimate_ensemble_resources(members, self.eval_chunk, self.threads_per_job)
+        return estimate_ensemble_resources(members, self.eval_chunk)
 
 
 def connections(settings: TrialSettings) -> int:
@@ -504,29 +503,26 @@ def estimate_seconds(settings: TrialSettings, eval_chunk: int = 50, threads: int
     return _cpu_training_seconds(settings, eval_chunk, threads) + JOB_OVERHEAD_S
 
 
-def estimate_ensemble_seconds(
-    members: Sequence[TrialSettings], eval_chunk: int = 50, threads: int = 1
-) -> float:
+def estimate_ensemble_seconds(members: Sequence[TrialSettings], eval_chunk: int = 50) -> float:
     """A generous estimate of the wall time of one ensemble of ``members`` (eqp.ensemble).
 
     On CUDA the members settle together: a step costs a fixed launch overhead plus a time
-    per member, example and entry of the dense non-input rows of W. On a CPU the stacked
-    products are slower than the members' fused-kernel runs one after another, by
-    ENSEMBLE_CPU_SLOWDOWN.
+    per member, example and entry of the dense hidden x hidden step matrix. On a CPU (one
+    thread, as run_ensemble runs) the stacked products are slower than the members'
+    single-threaded fused-kernel runs one after another, by ENSEMBLE_CPU_SLOWDOWN.
     """
     first = members[0]
     if not first.device.startswith("cuda"):
-        cpu = sum(_cpu_training_seconds(m, eval_chunk, threads) for m in members)
+        cpu = sum(_cpu_training_seconds(m, eval_chunk, 1) for m in members)
         return ENSEMBLE_CPU_SLOWDOWN * cpu + JOB_OVERHEAD_S
     sizes = first.layer_sizes
-    neurons = sum(sizes)
-    entries = neurons * (neurons - sizes[0])
+    hidden = sum(sizes) - sizes[0]  # the step matrix is hidden x hidden, dW neurons x hidden
     count = len(members)
 
     def step(rows: int) -> float:
-        return GPU_SECONDS_PER_STEP + count * rows * entries * GPU_SECONDS_PER_ENTRY_EXAMPLE
+        return GPU_SECONDS_PER_STEP + count * rows * hidden**2 * GPU_SECONDS_PER_ENTRY_EXAMPLE
 
-    update = GPU_SECONDS_PER_UPDATE + count * entries * GPU_SECONDS_PER_UPDATE_ENTRY
+    update = GPU_SECONDS_PER_UPDATE + count * sum(sizes) * hidden * GPU_SECONDS_PER_UPDATE_ENTRY
     return _training_seconds(first, eval_chunk, step, update) + JOB_OVERHEAD_S
 
 
@@ -581,7 +577,7 @@ def estimate_resources(
 
 
 def estimate_ensemble_resources(
-    members: Sequence[TrialSettings], eval_chunk: int = 50, threads: int = 1
+    members: Sequence[TrialSettings], eval_chunk: int = 50
 ) -> dict[str, int]:
     """``mem_mb`` and ``runtime`` (minutes) of one ensemble job (train_sweep_ensemble).
 
@@ -591,7 +587,7 @@ def estimate_ensemble_resources(
         raise PipelineError("an ensemble needs at least one member")
     return {
         "mem_mb": estimate_ensemble_mem_mb(members),
-        "runtime": _limit_minutes(estimate_ensemble_seconds(members, eval_chunk, threads)),
+        "runtime": _limit_minutes(estimate_ensemble_seconds(members, eval_chunk)),
     }
 
 

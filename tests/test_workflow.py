@@ -273,7 +273,8 @@ def test_ensemble_job_is_every_sweep_point_of_its_seed() -> None:
 
 def test_ensemble_resources_hold_every_member() -> None:
     paper = load_yaml(REPO / "config" / "paper.yaml")
-    cpu = pipeline.Plan.from_config(ensemble_config(True, base=REPO / "config" / "paper.yaml"), REPO)
+    paper_file = REPO / "config" / "paper.yaml"
+    cpu = pipeline.Plan.from_config(ensemble_config(True, base=paper_file), REPO)
     points = [cpu.sweep_resources(p, 0) for p in cpu.sweep_labels]
     ensemble = cpu.ensemble_resources(0)
     # the data set once, every member's weights and particles
@@ -290,8 +291,9 @@ def test_ensemble_resources_hold_every_member() -> None:
     assert on_gpu["mem_mb"] == ensemble["mem_mb"]
     assert pipeline.MIN_RUNTIME_MIN <= on_gpu["runtime"] < ensemble["runtime"] / 10
     # a GPU settles the members together: more members cost far less than proportionally
-    half = pipeline.estimate_ensemble_seconds(members[:15])
-    assert pipeline.estimate_ensemble_seconds(members) < 2 * half
+    on_cuda = [cuda.sweep_settings(p, 0) for p in cuda.sweep_labels]
+    half = pipeline.estimate_ensemble_seconds(on_cuda[:15])
+    assert pipeline.estimate_ensemble_seconds(on_cuda) < 2 * half
     with pytest.raises(SettingsError, match="at least one member"):
         pipeline.estimate_ensemble_resources([])
 
@@ -554,6 +556,113 @@ def test_workflow_lint_has_only_the_documented_conda_lint() -> None:
     assert "Lints for snakefile" not in output, output
 
 
+# -- sweep.ensemble in the DAG ----------------------------------------------------------------
+
+
+def ensemble_configfile(tmp_path: Path, ensemble: Any, **changes: Any) -> str:
+    """The demo preset with sweep.ensemble (None: unset) as a config file; an absolute
+    trials_file, so that a probe Snakefile in tmp_path finds it too."""
+    config = ensemble_config(ensemble, **changes)
+    config["trials_file"] = str(REPO / config["trials_file"])
+    name = f"ensemble_{ensemble}_{'_'.join(map(str, changes.values()))}.yaml"
+    return str(write_config(tmp_path / name, config))
+
+
+def test_ensemble_trains_the_sweep_in_one_job_per_seed(tmp_path: Path) -> None:
+    configfile = ensemble_configfile(tmp_path, True)
+    counts = dry_counts(tmp_path, "--configfile", configfile, "--config", "seeds=[0,1]")
+    assert counts["train_sweep_ensemble"] == 2 and "train_sweep_point" not in counts
+    assert counts["train_trial"] == 2 * ALL_TRIALS and counts["figure"] == 4
+    fig4 = dry_counts(tmp_path, "--configfile", configfile, targets=("figures/fig4.pdf",))
+    assert fig4 == {"fetch_dataset": 1, "train_sweep_ensemble": 1, "figure": 1, "total": 3}
+
+
+@pytest.mark.parametrize("ensemble", [False, "auto"])
+def test_without_ensemble_the_dag_is_unchanged(tmp_path: Path, ensemble: Any) -> None:
+    """sweep.ensemble false, or auto on a CPU: one train_sweep_point job per point, as before."""
+    unset = dry_counts(tmp_path, "--configfile", ensemble_configfile(tmp_path, None))
+    counts = dry_counts(tmp_path, "--configfile", ensemble_configfile(tmp_path, ensemble))
+    assert counts == unset
+    assert counts["train_sweep_point"] == 31 and "train_sweep_ensemble" not in counts
+
+
+def test_ensemble_job_writes_every_folder_of_its_seed_and_asks_for_a_gpu_on_cuda(
+    tmp_path: Path,
+) -> None:
+    """auto on a CUDA device: one job, the 31 folders as outputs, a GPU, memory for all."""
+    configfile = ensemble_configfile(tmp_path, "auto", device="cuda")
+    proc = run_snakemake("figures/fig4.pdf", "-n", "--configfile", configfile, cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    blocks = output.split("rule train_sweep_ensemble:")[1:]
+    assert len(blocks) == 1, output
+    job = blocks[0].split("\n[")[0]
+    plan = pipeline.Plan.from_config(ensemble_config("auto", device="cuda"), REPO)
+    outputs = re.search(r"output: (.*)", job).group(1).split(", ")
+    assert sorted(outputs) == sorted(plan.ensemble_outputs(0))
+    assert "log: logs/sweep/ensemble/seed0.log" in job
+    assert "benchmark: benchmarks/runs/sweep/ensemble/seed0.tsv" in job
+    resources = re.search(r"resources: (.*)", job).group(1)
+    assert "gpu=1" in resources, resources
+    assert f"mem_mb={plan.ensemble_resources(0)['mem_mb']}," in resources, resources
+    assert f"runtime={plan.ensemble_resources(0)['runtime']}," in resources, resources
+
+
+def probe_benchmark_files(tmp_path: Path, configfile: str) -> dict[str, list[str]]:
+    """The benchmark files job_benchmarks reads (rules/common.smk), printed by a probe."""
+    probe = tmp_path / "ProbeBenchmarks.smk"
+    probe.write_text(
+        f"include: {str(SNAKEFILE)!r}\nimport json\nprint('PROBE', json.dumps(benchmark_files()))\n"
+    )
+    proc = run_snakemake("-n", "--configfile", configfile, cwd=tmp_path, snakefile=probe)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    return json.loads(output.split("PROBE ", 1)[1].splitlines()[0])
+
+
+def test_jobs_table_reads_the_benchmarks_of_whichever_sweep_rule_runs(tmp_path: Path) -> None:
+    ensemble = probe_benchmark_files(tmp_path, ensemble_configfile(tmp_path, True))
+    assert ensemble["train_sweep_ensemble"] == ["benchmarks/runs/sweep/ensemble/seed0.tsv"]
+    assert "train_sweep_point" not in ensemble
+    points = probe_benchmark_files(tmp_path, ensemble_configfile(tmp_path, False))
+    assert len(points["train_sweep_point"]) == 31 and "train_sweep_ensemble" not in points
+    assert points["train_sweep_point"][0] == "benchmarks/runs/sweep/p0.000000/seed0.tsv"
+    assert {k: v for k, v in ensemble.items() if "sweep" not in k} == {
+        k: v for k, v in points.items() if "sweep" not in k
+    }
+
+
+def test_ensemble_rule_has_only_the_documented_conda_lint(tmp_path: Path) -> None:
+    proc = run_snakemake("--lint", "--configfile", ensemble_configfile(tmp_path, True), cwd=REPO)
+    output = proc.stdout + proc.stderr
+    rules = re.findall(r"^Lints for rule (\w+)", output, flags=re.MULTILINE)
+    expected = [rule for rule in RULES if rule != "train_sweep_point"] + ["train_sweep_ensemble"]
+    assert sorted(rules) == sorted(expected), output
+    titles = {line.strip() for line in output.splitlines() if line.startswith("    * ")}
+    assert titles == {"* Specify a conda environment or container for each rule.:"}, output
+
+
+def test_unstackable_ensemble_job_ends_with_one_line_and_no_folder(tmp_path: Path) -> None:
+    plan = pipeline.Plan.from_config(ensemble_config(True), REPO)
+    members = copy.deepcopy(plan.ensemble_params(0)[:2])
+    members[1]["settings"]["batch_size"] = 10
+    folders = [tmp_path / "p0", tmp_path / "p1"]
+    log = tmp_path / "logs" / "job.log"
+    with pytest.raises(SystemExit) as caught:
+        pipeline.train_ensemble(
+            members, folders, data_root=None, checkpoints=[None, None], log_path=log
+        )
+    message = str(caught.value)
+    assert message.startswith("error: ") and "\n" not in message
+    assert "batch_size" in message and "sweep.ensemble: false" in message
+    assert "error: " in log.read_text() and "Traceback" not in log.read_text()
+    assert not any(folder.exists() for folder in folders)
+    with pytest.raises(SettingsError, match="one folder and one checkpoint per member"):
+        pipeline.train_ensemble(
+            members, folders[:1], data_root=None, checkpoints=[None, None], log_path=log
+        )
+
+
 # -- end to end on config/tiny.yaml --------------------------------------------------------
 
 
@@ -719,6 +828,45 @@ def test_report_collects_figures_tables_runs_and_jobs(tiny_run: dict[str, Any]) 
         assert f"Fig. {figure}" in html
     for text in ("runs.tsv", "jobs.tsv", "Runs index.", "Jobs.", "table1.csv"):
         assert text in html, text
+
+
+def test_ensemble_run_writes_every_sweep_folder_and_figure4(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    """config/tiny.yaml on a CPU with sweep.ensemble: true and three points, for real: one
+    job trains them together, every folder is complete and Figure 4 is drawn from them."""
+    snakefile = copy_workflow(tmp_path)
+    config = load_yaml(REPO / "config" / "tiny.yaml")
+    config["data_dir"] = str(mnist_root)
+    config["sweep"].update(ensemble=True, logspace={"start": -1, "stop": 0, "num": 2})
+    configfile = write_config(tmp_path / "config" / "ensemble.yaml", config)
+    run = ("--configfile", str(configfile))
+    proc = run_snakemake(
+        "figures/fig4.pdf", "--cores", "2", *run, cwd=tmp_path, snakefile=snakefile
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-6000:]
+    counts = job_counts(output)
+    assert counts.get("train_sweep_ensemble") == 1 and "train_sweep_point" not in counts, counts
+
+    plan = pipeline.Plan.from_config(config, tmp_path)
+    assert plan.sweep_ensemble and len(plan.sweep_labels) == 3
+    for label, folder in zip(plan.sweep_labels, plan.ensemble_folders(0), strict=True):
+        for name in TRAIN_FILES:
+            assert (tmp_path / folder / name).stat().st_size > 0, (folder, name)
+        summary = json.loads((tmp_path / folder / "summary.json").read_text())
+        assert summary["settings"]["bypass_p"] == plan.sweep_points[label], folder
+        assert summary["settings"]["seed"] == 0 and summary["epochs_run"] == 1, folder
+    for ext in ("pdf", "png"):
+        assert (tmp_path / "figures" / f"fig4.{ext}").stat().st_size > 0
+    log = (tmp_path / "logs" / "sweep" / "ensemble" / "seed0.log").read_text()
+    assert "ensemble of 3 trials" in log, log[-3000:]
+    assert (tmp_path / "benchmarks" / "runs" / "sweep" / "ensemble" / "seed0.tsv").is_file()
+    assert not list((tmp_path / "logs" / "sweep").glob("p*"))  # no per-point job ran
+    assert not list((tmp_path / "results" / "checkpoints").rglob("*.safetensors"))
+
+    again = run_snakemake("figures/fig4.pdf", "-n", *run, cwd=tmp_path, snakefile=snakefile)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
 # -- faults: the whole pipeline killed again and again ---------------------------------------

@@ -17,7 +17,7 @@ if PLAN.sweep_ensemble:
             "logs/sweep/ensemble/seed{seed}.log",
         benchmark:
             "benchmarks/runs/sweep/ensemble/seed{seed}.tsv"
-        threads: PLAN.threads_per_job
+        threads: 1  # run_ensemble keeps torch on one thread
         resources:
             **PLAN.gpu_resources(),
             mem_mb=lambda wildcards: PLAN.ensemble_resources(wildcards.seed)["mem_mb"],

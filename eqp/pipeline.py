@@ -69,11 +69,12 @@ PARALLEL_EFFICIENCY = 0.8
 SOR_PASSES = 200
 JOB_OVERHEAD_S = 60.0
 RUNTIME_MARGIN = 2.0
-# Ensembles (sweep.ensemble, eqp.ensemble). On a CPU: the members' estimates above, one after
-# another, times a slowdown (stacked products against the fused kernel). On CUDA: a fixed cost
-# per settling step (kernel launches) plus a time per member, example and entry of the dense
-# hidden x hidden step matrix; the same for a weight update (entries of the N x hidden dW).
-ENSEMBLE_CPU_SLOWDOWN = 3.0
+# Ensembles (sweep.ensemble, eqp.ensemble). On a CPU: the members' single-thread estimates
+# above, one after another, times a slowdown (stacked dense products against the fused kernel;
+# measured 2.0-2.2 for 4-8 points of the sweep here). On CUDA: a fixed cost per settling step
+# (kernel launches) plus a time per member, example and entry of the dense hidden x hidden
+# step matrix; the same for a weight update (entries of the N x hidden dW).
+ENSEMBLE_CPU_SLOWDOWN = 2.5
 GPU_SECONDS_PER_STEP = 2.0e-4
 GPU_SECONDS_PER_ENTRY_EXAMPLE = 2.0e-12
 GPU_SECONDS_PER_UPDATE = 1.0e-3
@@ -527,17 +528,17 @@ def estimate_ensemble_seconds(members: Sequence[TrialSettings], eval_chunk: int 
 
 
 def _memory_bytes(settings: TrialSettings) -> tuple[float, float]:
-    """Bytes a process holds once for the data set, and once per network it trains."""
+    """Bytes a job holds while it reads the data set's files, and for each network it trains
+    (its batches, weights and particles)."""
     n_train, n_test = examples(settings)
     sizes = settings.layer_sizes
     neurons = sum(sizes)
     hidden = neurons - sizes[0]
+    files = 70000 * sizes[0] * (1 + 4) if settings.dataset in DOWNLOADED else 0
     data = (n_train + n_test) * (sizes[0] + sizes[-1]) * 4 * 2
-    if settings.dataset in DOWNLOADED:
-        data += 70000 * sizes[0] * (1 + 4)  # the full idx files, as uint8 and float32
     weights = neurons * neurons * 4 * 8  # W, mask, running means, per-batch dW, engine copies
     particles = (n_train + n_test) * hidden * 4 * 2
-    return data, weights + particles
+    return files, data + weights + particles
 
 
 def _mem_mb(total_bytes: float) -> int:
@@ -551,10 +552,13 @@ def estimate_mem_mb(settings: TrialSettings) -> int:
 
 
 def estimate_ensemble_mem_mb(members: Sequence[TrialSettings]) -> int:
-    """One process, the data set once (every member reads the same batches), each member's
-    weights and particles."""
-    shared, _ = _memory_bytes(members[0])
-    return _mem_mb(shared + sum(_memory_bytes(m)[1] for m in members))
+    """One process; the data files are read one member at a time, but every member holds its
+    batches (until the ensemble shares identical ones), weights and particles.
+
+    On CUDA the batches and particles live on the GPU, so this is generous for host memory.
+    """
+    files = max(_memory_bytes(m)[0] for m in members)
+    return _mem_mb(files + sum(_memory_bytes(m)[1] for m in members))
 
 
 def _limit_minutes(seconds: float) -> int:

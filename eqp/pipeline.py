@@ -72,13 +72,19 @@ RUNTIME_MARGIN = 2.0
 # Ensembles (sweep.ensemble, eqp.ensemble). On a CPU: the members' single-thread estimates
 # above, one after another, times a slowdown (stacked dense products against the fused kernel;
 # measured 2.0-2.2 for 4-8 points of the sweep here). On CUDA: a fixed cost per settling step
-# (kernel launches) plus a time per member, example and entry of the dense hidden x hidden
-# step matrix; the same for a weight update (entries of the N x hidden dW).
+# (a replayed CUDA graph) plus a time per member, example and entry of the dense hidden x hidden
+# step matrix; the same for a weight update (entries of the N x hidden dW). Measured on an
+# H200 with 8 and 31 points of the sweep: ~15 us per step and ~1e-13 s per member, example
+# and entry (0.64 ms per step for 31 x 1000 test rows); the constants allow a GPU about three
+# times slower. Every member also costs set-up time (data, topology, its folder): ~0.5 s there.
 ENSEMBLE_CPU_SLOWDOWN = 2.5
-GPU_SECONDS_PER_STEP = 2.0e-4
-GPU_SECONDS_PER_ENTRY_EXAMPLE = 2.0e-12
+ENSEMBLE_MEMBER_OVERHEAD_S = 2.0
+GPU_SECONDS_PER_STEP = 3.0e-5
+GPU_SECONDS_PER_ENTRY_EXAMPLE = 3.0e-13
 GPU_SECONDS_PER_UPDATE = 1.0e-3
-GPU_SECONDS_PER_UPDATE_ENTRY = 1.0e-10
+GPU_SECONDS_PER_UPDATE_ENTRY = 1.0e-11
+# Host memory of a CUDA job beyond BASE_MEM_MB (the CUDA context and libraries).
+GPU_HOST_MEM_MB = 1000
 MIN_RUNTIME_MIN = 10
 BASE_MEM_MB = 1500
 
@@ -513,9 +519,10 @@ def estimate_ensemble_seconds(members: Sequence[TrialSettings], eval_chunk: int 
     single-threaded fused-kernel runs one after another, by ENSEMBLE_CPU_SLOWDOWN.
     """
     first = members[0]
+    overhead = JOB_OVERHEAD_S + ENSEMBLE_MEMBER_OVERHEAD_S * len(members)
     if not first.device.startswith("cuda"):
         cpu = sum(_cpu_training_seconds(m, eval_chunk, 1) for m in members)
-        return ENSEMBLE_CPU_SLOWDOWN * cpu + JOB_OVERHEAD_S
+        return ENSEMBLE_CPU_SLOWDOWN * cpu + overhead
     sizes = first.layer_sizes
     hidden = sum(sizes) - sizes[0]  # the step matrix is hidden x hidden, dW neurons x hidden
     count = len(members)
@@ -524,7 +531,7 @@ def estimate_ensemble_seconds(members: Sequence[TrialSettings], eval_chunk: int 
         return GPU_SECONDS_PER_STEP + count * rows * hidden**2 * GPU_SECONDS_PER_ENTRY_EXAMPLE
 
     update = GPU_SECONDS_PER_UPDATE + count * sum(sizes) * hidden * GPU_SECONDS_PER_UPDATE_ENTRY
-    return _training_seconds(first, eval_chunk, step, update) + JOB_OVERHEAD_S
+    return _training_seconds(first, eval_chunk, step, update) + overhead
 
 
 def _memory_bytes(settings: TrialSettings) -> tuple[float, float]:
@@ -552,13 +559,18 @@ def estimate_mem_mb(settings: TrialSettings) -> int:
 
 
 def estimate_ensemble_mem_mb(members: Sequence[TrialSettings]) -> int:
-    """One process; the data files are read one member at a time, but every member holds its
-    batches (until the ensemble shares identical ones), weights and particles.
+    """Host memory of one ensemble job: the data files are read one member at a time.
 
-    On CUDA the batches and particles live on the GPU, so this is generous for host memory.
+    On a CPU every member holds its batches (until the ensemble shares identical ones),
+    weights and particles (measured: ~0.5 GB per member of the full-MNIST sweep, 16 members).
+    On CUDA those live on the GPU and the host stages one member's at a time (measured: 1.7 GB
+    for 31 members), plus the CUDA context.
     """
     files = max(_memory_bytes(m)[0] for m in members)
-    return _mem_mb(files + sum(_memory_bytes(m)[1] for m in members))
+    own = [_memory_bytes(m)[1] for m in members]
+    if members[0].device.startswith("cuda"):
+        return _mem_mb(files + max(own)) + GPU_HOST_MEM_MB
+    return _mem_mb(files + sum(own))
 
 
 def _limit_minutes(seconds: float) -> int:

@@ -288,8 +288,11 @@ def test_ensemble_resources_hold_every_member() -> None:
     cuda = pipeline.Plan.from_config({**paper, "device": "cuda"}, REPO)
     assert cuda.sweep_ensemble and cuda.gpu_resources() == {"gpu": 1}
     on_gpu = cuda.ensemble_resources(0)
-    assert on_gpu["mem_mb"] == ensemble["mem_mb"]
+    # the members' batches and particles live on the GPU: the host stages one at a time
+    assert max(r["mem_mb"] for r in points) < on_gpu["mem_mb"] < ensemble["mem_mb"] / 4
     assert pipeline.MIN_RUNTIME_MIN <= on_gpu["runtime"] < ensemble["runtime"] / 10
+    # the paper sweep (31 points, 10 epochs, full MNIST): ~17 min at the rates an H200 gave
+    assert 30 <= on_gpu["runtime"] <= 240
     # a GPU settles the members together: more members cost far less than proportionally
     on_cuda = [cuda.sweep_settings(p, 0) for p in cuda.sweep_labels]
     half = pipeline.estimate_ensemble_seconds(on_cuda[:15])

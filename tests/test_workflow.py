@@ -39,6 +39,7 @@ from workflow_helpers import (
 )
 
 from eqp import pipeline
+from eqp.runs import job_benchmarks, runs_table
 from eqp.settings import SettingsError, load_yaml
 
 DEFAULT_CONFIG = REPO / "config" / "config.yaml"
@@ -867,6 +868,22 @@ def test_ensemble_run_writes_every_sweep_folder_and_figure4(
     assert (tmp_path / "benchmarks" / "runs" / "sweep" / "ensemble" / "seed0.tsv").is_file()
     assert not list((tmp_path / "logs" / "sweep").glob("p*"))  # no per-point job ran
     assert not list((tmp_path / "results" / "checkpoints").rglob("*.safetensors"))
+
+    # what runs_index and job_benchmarks make of them (eqp.runs, as their scripts call it)
+    runs = runs_table([tmp_path / f for f in plan.sweep_folders()], tmp_path / "results")
+    assert runs["folder"].tolist() == [
+        str(Path(f).relative_to("results")) for f in plan.sweep_folders()
+    ]
+    assert (runs["kind"] == "sweep").all() and sorted(runs["p"]) == [0.0, 0.1, 1.0]
+    benchmarks = tmp_path / "benchmarks" / "runs"
+    jobs = job_benchmarks(
+        {
+            "train_sweep_ensemble": [benchmarks / "sweep" / "ensemble" / "seed0.tsv"],
+            "figure": [benchmarks / "figures" / "fig4.tsv"],
+        }
+    )
+    assert jobs["job"].tolist() == ["sweep/ensemble/seed0", "figures/fig4"]
+    assert (jobs["s"] > 0).all() and jobs.loc[0, "max_rss"] > 0
 
     again = run_snakemake("figures/fig4.pdf", "-n", *run, cwd=tmp_path, snakefile=snakefile)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -349,6 +349,14 @@ BAD_CONFIGS = {
         lambda c: c["sweep"].update(base="mnist_5layer_mlff"),
         ["sweep.base", "MLFF"],
     ),
+    "ensemble_value": (
+        lambda c: c["sweep"].update(ensemble="sometimes"),
+        ["sweep.ensemble", "'sometimes' is not one of ['auto', True, False]"],
+    ),
+    "ensemble_of_sor_points": (  # the default preset's sweep settles with sor
+        lambda c: c["sweep"].update(ensemble=True),
+        ["sweep.ensemble is true", "settle with 'sor'", "sweep.overrides.settle: euler"],
+    ),
 }
 
 

@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="fast engine's weight layout (default auto: fused kernel on CPUs where built)",
     )
+    train.add_argument(
+        "--step-kernel",
+        choices=("cublas", "triton"),
+        default="cublas",
+        help="on CUDA: an Euler step as cuBLAS addmm + clamp (default) or one fused Triton kernel",
+    )
     train.add_argument("--checkpoint", help="checkpoint file: saved every epoch, resumed")
     train.add_argument(
         "--threads",
@@ -128,7 +134,23 @@ def _parser() -> argparse.ArgumentParser:
         default=3,
         help="interleaved rounds of the phase timings; the best of each is shown (default 3)",
     )
-    bench.add_argument("--device", help="torch device (default: the trial's)")
+    bench.add_argument(
+        "--device",
+        help="torch device (default: the trial's). A CUDA device times the GPU variants instead: "
+        "as it stands, CUDA graphs and stacked ensembles, with the whole paper's projected hours",
+    )
+    bench.add_argument(
+        "--chunk",
+        type=int,
+        default=50,
+        help="test batches per free phase in the CUDA timings (default 50, the pipeline's)",
+    )
+    bench.add_argument("--json", help="also write the CUDA timings and projection to this file")
+    bench.add_argument(
+        "--paper-config",
+        default="config/paper.yaml",
+        help="the full-paper config whose trials and sweep the CUDA projection counts",
+    )
 
     study = commands.add_parser(
         "equivalence",
@@ -206,6 +228,7 @@ def _train(args: argparse.Namespace) -> int:
             log=lambda line: print(line, file=sys.stderr),
             preset=config.get("preset"),
             threads=args.threads,
+            step_kernel=args.step_kernel,
         )
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
@@ -234,6 +257,8 @@ def _bench(args: argparse.Namespace) -> int:
     ):
         if value < minimum:
             raise SettingsError(f"{option} = {value} is invalid; use {minimum} or more")
+    if args.device and args.device.startswith("cuda") and not args.settle:
+        return _bench_cuda(args, config)
     if args.settle or len(threads) > 1:
         settles = list(dict.fromkeys(args.settle or ["euler"]))
         for settings in chosen:
@@ -250,6 +275,32 @@ def _bench(args: argparse.Namespace) -> int:
     run_benchmark(
         chosen, args.engine or ("dense", "fast"), args.batches, threads[0], layout=args.layout
     )
+    return 0
+
+
+def _bench_cuda(args: argparse.Namespace, config: dict) -> int:
+    import torch
+
+    from . import bench_cuda, records
+    from .pipeline import Plan, estimate_seconds
+    from .trainer import resolve_device
+
+    resolve_device(args.device)
+    trials = trials_from_config(config)
+    names = args.trial or bench_cuda.CUDA_TRIALS
+    chosen = [select_trial(trials, n).with_overrides({"device": args.device}) for n in names]
+    timings = bench_cuda.run_cuda_benchmark(chosen, args.batches, args.chunk, args.repeats)
+    paper = Plan.from_config(load_yaml(args.paper_config))
+    sweep = [paper.sweep_settings(p, seed) for seed in paper.seeds for p in paper.sweep_points]
+    hours = bench_cuda.project_paper_hours(timings, paper.trials, sweep, estimate_seconds)
+    card = torch.cuda.get_device_name(torch.device(args.device))
+    for scenario, value in hours.items():
+        print(f"whole paper on one {card}: {value:.2f} h  ({scenario})")
+    if args.json:
+        records.atomic_write_json(
+            Path(args.json),
+            {"card": card, "timings": bench_cuda.as_records(timings), "paper_hours": hours},
+        )
     return 0
 
 
@@ -310,6 +361,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Errors caused by input a user can fix: printed as one line, without a traceback."""
     from .data import DataError
     from .dynamics import LayoutError
+    from .ensemble import EnsembleError
     from .pipeline import DiskFullError
     from .records import RecordError
     from .sources import DatasetError
@@ -322,6 +374,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         DeviceError,
         RecordError,
         LayoutError,
+        EnsembleError,
         DiskFullError,
     )
 

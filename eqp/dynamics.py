@@ -21,7 +21,7 @@ from typing import Protocol
 
 import torch
 
-from . import kernels, native
+from . import kernels, native, triton_step
 from .graphs import GraphedLoops
 from .network import Network, rho
 
@@ -136,7 +136,8 @@ class FastEngine:
     plan are made once and ``refresh`` only copies new values in. ``threads`` is how many
     cores the fused kernel may use (the other layouts follow torch's thread setting). On a
     CUDA device the dense layout replays each phase as a captured CUDA graph
-    (:mod:`eqp.graphs`) unless ``cuda_graphs`` is False.
+    (:mod:`eqp.graphs`) unless ``cuda_graphs`` is False, and ``step_kernel`` chooses cuBLAS
+    (``addmm`` and a clamp) or one fused Triton kernel (:mod:`eqp.triton_step`) per step.
     """
 
     name = "fast"
@@ -148,9 +149,11 @@ class FastEngine:
         layout: str = "auto",
         threads: int = 1,
         cuda_graphs: bool = True,
+        step_kernel: str = "cublas",
     ) -> None:
         if layout not in LAYOUTS:
             raise LayoutError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+        check_step_kernel(step_kernel, network.weights.device)
         self.net = network
         self.eps = epsilon
         self.last_work = self.last_capped = None
@@ -173,6 +176,7 @@ class FastEngine:
         self.step_matrix: torch.Tensor | None = None
         on_cuda = network.weights.device.type == "cuda"
         self.graphs = GraphedLoops() if layout == "dense" and on_cuda and cuda_graphs else None
+        self.step_kernel = step_kernel if on_cuda else "cublas"
         if layout == "fused":
             mask = network.mask[network.n_inputs :, network.n_inputs :]
             self.fused = native.FusedSteps(mask, self._bounds, self.fused_blocks, threads=threads)
@@ -308,13 +312,17 @@ class FastEngine:
         first_output = self.net.output_slice.start
         if self.fused is not None:
             return self.fused.settle(drive, state, 1 - self.eps, steps, target, pull, first_output)
-        if self.graphs is not None:
-            return self.graphs.run(
-                kernels.graph_dense_loop,
-                (drive.T.contiguous(), state, target),
-                (self.step_matrix,),
-                (steps, pull, first_output),
+        if self.step_kernel == "triton" or self.graphs is not None:
+            loop = (
+                triton_step.single_triton_loop
+                if self.step_kernel == "triton"
+                else kernels.graph_dense_loop
             )
+            inputs = (drive.T.contiguous(), state, target)
+            constants = (steps, pull, first_output)
+            if self.graphs is None:
+                return loop(inputs[0], state.clone(), target, self.step_matrix, *constants)
+            return self.graphs.run(loop, inputs, (self.step_matrix,), constants)
         if self.layout == "dense":
             s = state.clone()
             return kernels.compiled("dense_loop")(
@@ -356,6 +364,20 @@ class FastEngine:
 ENGINES = {"dense": DenseReference, "fast": FastEngine}
 
 
+def check_step_kernel(step_kernel: str, device: torch.device) -> None:
+    """One clear error for a step kernel that does not exist or cannot run on ``device``."""
+    if step_kernel not in triton_step.STEP_KERNELS:
+        raise LayoutError(
+            f"unknown step kernel {step_kernel!r}; use one of {', '.join(triton_step.STEP_KERNELS)}"
+        )
+    if step_kernel == "triton":
+        if device.type != "cuda":
+            raise LayoutError(f"step kernel 'triton' runs on CUDA devices only, not {device}")
+        reason = triton_step.unavailable_reason()
+        if reason is not None:
+            raise LayoutError(f"step kernel 'triton' is not available: {reason}")
+
+
 def make_engine(
     name: str,
     network: Network,
@@ -363,6 +385,7 @@ def make_engine(
     layout: str = "auto",
     threads: int = 1,
     cuda_graphs: bool = True,
+    step_kernel: str = "cublas",
 ) -> Minimiser:
     """Engine ``name``; ``layout`` chooses the fast engine's weight layout (see FastEngine)."""
     if name not in ENGINES:
@@ -371,4 +394,4 @@ def make_engine(
         if layout != "auto":
             raise LayoutError(f"layout {layout!r} applies to the fast engine only")
         return DenseReference(network, epsilon)
-    return FastEngine(network, epsilon, layout, threads, cuda_graphs)
+    return FastEngine(network, epsilon, layout, threads, cuda_graphs, step_kernel)

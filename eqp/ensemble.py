@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import kernels
+from . import kernels, triton_step
+from .dynamics import check_step_kernel
 from .graphs import GraphedLoops
 from .network import rho
 from .settings import TrialSettings
@@ -83,15 +84,19 @@ def check_stackable(settings_list: Sequence[TrialSettings]) -> None:
 class Ensemble:
     """Lockstep training of ``trainers`` (built on one device, stackable settings)."""
 
-    def __init__(self, trainers: Sequence[Trainer], cuda_graphs: bool = True) -> None:
+    def __init__(
+        self, trainers: Sequence[Trainer], cuda_graphs: bool = True, step_kernel: str = "cublas"
+    ) -> None:
         check_stackable([t.settings for t in trainers])
         self.members = list(trainers)
         first = self.members[0]
         self.settings = first.settings
         self.device = first.device
         size = len(self.members)
+        check_step_kernel(step_kernel, self.device)
         for index, member in enumerate(self.members):
-            member.ensemble = {"members": size, "index": index}
+            member.ensemble = {"members": size, "index": index, "step_kernel": step_kernel}
+            member.step_kernel = step_kernel
         net = first.net
         self.n_in = net.n_inputs
         self.output_start = net.output_slice.start
@@ -105,6 +110,8 @@ class Ensemble:
             size, *(2 * (net.n_neurons - self.n_in,)), dtype=torch.float32, device=self.device
         )
         self.graphs = GraphedLoops() if self.device.type == "cuda" and cuda_graphs else None
+        self.step_kernel = step_kernel
+        self._loop = triton_step.triton_loop if step_kernel == "triton" else kernels.stacked_loop
         self.refresh()
 
     # -- stacking ----------------------------------------------------------------------------
@@ -196,14 +203,12 @@ class Ensemble:
         """``steps`` Euler steps of every member from ``state`` (members x rows x hidden)."""
         if self.graphs is not None:
             return self.graphs.run(
-                kernels.stacked_loop,
+                self._loop,
                 (drive, state, target, pull),
                 (self.matrix,),
                 (steps, self.output_start),
             )
-        return kernels.stacked_loop(
-            drive, state.clone(), target, pull, self.matrix, steps, self.output_start
-        )
+        return self._loop(drive, state.clone(), target, pull, self.matrix, steps, self.output_start)
 
     def _scores(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per member (and any further leading axes) the correct count or the mean cost."""
@@ -340,6 +345,7 @@ def run_ensemble(
     preset: str | None = None,
     eval_chunk: int = 50,
     cuda_graphs: bool = True,
+    step_kernel: str = "cublas",
 ) -> list[TrialOutcome]:
     """Train stackable trials together; write each one's folder as :func:`run_trial` would.
 
@@ -361,13 +367,14 @@ def run_ensemble(
     torch.set_num_threads(1)
     started = time.perf_counter()
     trainers = [Trainer(s, data_root, eval_chunk=eval_chunk, layout="dense") for s in settings_list]
-    ensemble = Ensemble(trainers, cuda_graphs=cuda_graphs)
+    ensemble = Ensemble(trainers, cuda_graphs=cuda_graphs, step_kernel=step_kernel)
     first = trainers[0]
     log(
         f"ensemble of {len(trainers)} trials ({', '.join(s.name for s in settings_list)}) on "
         f"{first.device}: {len(first.data.train)} training and {len(first.data.test)} test "
         f"batches of {first.settings.batch_size} each; {first.settings.free_iterations} Euler "
-        f"steps (faithful); CUDA graphs {'on' if ensemble.graphs is not None else 'off'}"
+        f"steps (faithful); CUDA graphs {'on' if ensemble.graphs is not None else 'off'}, "
+        f"step kernel {ensemble.step_kernel}"
     )
     _resume_together(trainers, paths, log)
     ensemble.refresh()

@@ -130,6 +130,7 @@ class Trainer:
         layout: str = "auto",
         threads: int = 1,
         cuda_graphs: bool = True,
+        step_kernel: str = "cublas",
     ) -> None:
         self.settings = settings
         self.threads = max(1, threads)
@@ -141,13 +142,16 @@ class Trainer:
         self.data: DataSet = data
         self.topology: Topology = build_topology(settings, np.random.RandomState(settings.seed))
         self.net = Network.from_topology(self.topology, self.device)
-        inner = make_engine(engine, self.net, settings.epsilon, layout, self.threads, cuda_graphs)
+        inner = make_engine(
+            engine, self.net, settings.epsilon, layout, self.threads, cuda_graphs, step_kernel
+        )
         self.sor = (
             SorParameters(settings.epsilon, settings.settle_tol, settings.settle_max_steps)
             if settings.settle == "sor"
             else None
         )
         self.engine: Minimiser = make_settler(inner, self.net, settings.settle, self.sor)
+        self.step_kernel = str(getattr(inner, "step_kernel", "cublas"))
         self.train_work = WorkTally()
         self.eval_chunk = max(1, eval_chunk)
         hidden = self.net.n_neurons - self.net.n_inputs
@@ -172,7 +176,7 @@ class Trainer:
         self._bias_factor = None
         # Set by eqp.ensemble when this trial is trained stacked with others: a checkpoint of
         # a stacked run resumes only a stacked run of the same size (the last bits differ).
-        self.ensemble: dict[str, int] | None = None
+        self.ensemble: dict[str, Any] | None = None
         if settings.per_layer_rates:
             factor = self.net.pair_learning_rate_matrix(settings.pair_learning_rates)
             self._factor = factor[:, n_in:].contiguous()
@@ -330,7 +334,9 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
         }
         if self.ensemble is not None:
-            identity["ensemble"] = self.ensemble["members"]
+            identity["ensemble"] = [self.ensemble["members"], self.ensemble["step_kernel"]]
+        elif self.step_kernel != "cublas":
+            identity["step_kernel"] = self.step_kernel
         blob = json.dumps(identity, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -470,6 +476,7 @@ def run_trial(
     threads: int | None = None,
     eval_chunk: int = 50,
     layout: str = "auto",
+    step_kernel: str = "cublas",
 ) -> TrialOutcome:
     """Train ``settings`` for its epochs and write a complete trial folder to ``out_dir``.
 
@@ -490,6 +497,7 @@ def run_trial(
         eval_chunk=eval_chunk,
         layout=layout,
         threads=threads or 1,
+        step_kernel=step_kernel,
     )
     log(
         f"trial {settings.name} seed {settings.seed}: {len(trainer.data.train)} training and "
@@ -692,6 +700,7 @@ def write_trial_folder(
         "settle": trainer.settle_record(),
         "threads": trainer.threads,
         "device": str(trainer.device),
+        "step_kernel": trainer.step_kernel,
         "ensemble": trainer.ensemble,
         "seconds": seconds,
         "versions": versions(),

@@ -61,10 +61,33 @@ def slurm(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def test_device() -> str:
+    """Where device-aware tests train: 'cpu', or what EQP_TEST_DEVICE names (e.g. cuda).
+
+    Asking for CUDA on a machine without it is a failure, not a silent fall-back to the CPU.
+    """
+    import torch
+
+    device = os.environ.get("EQP_TEST_DEVICE", "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        pytest.fail(f"EQP_TEST_DEVICE={device} but torch.cuda.is_available() is False")
+    return device
+
+
+@pytest.fixture
+def cuda_device(test_device) -> str:
+    """The CUDA device under test; skipped unless EQP_TEST_DEVICE names one."""
+    if not test_device.startswith("cuda"):
+        pytest.skip("a CUDA test: run with EQP_TEST_DEVICE=cuda on a machine with a GPU")
+    return test_device
+
+
+@pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory):
-    """MNIST's four files in a fresh data root, obtained as the pipeline obtains them."""
+    """MNIST's four files in a fresh data root, obtained as the pipeline obtains them (from the
+    folder EQP_TEST_MNIST_DIR names, plain or .gz, on a machine without a network)."""
     from eqp.sources import ensure_dataset
 
     root = tmp_path_factory.mktemp("mnist_root")
-    ensure_dataset("mnist", root)
+    ensure_dataset("mnist", root, user_dir=os.environ.get("EQP_TEST_MNIST_DIR") or None)
     return root

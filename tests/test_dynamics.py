@@ -160,8 +160,17 @@ def test_portable_build_of_the_kernel_matches_the_reference(paper_trials, tmp_pa
     library = tmp_path / "settle_portable.so"
     include = sysconfig.get_paths()["include"]
     subprocess.run(
-        [compiler, "-O2", "-shared", "-fPIC", "-DEQP_PORTABLE_ONLY", f"-I{include}",
-         str(ROOT / "eqp" / "csrc" / "settle.c"), "-o", str(library)],
+        [
+            compiler,
+            "-O2",
+            "-shared",
+            "-fPIC",
+            "-DEQP_PORTABLE_ONLY",
+            f"-I{include}",
+            str(ROOT / "eqp" / "csrc" / "settle.c"),
+            "-o",
+            str(library),
+        ],
         check=True,
         capture_output=True,
     )

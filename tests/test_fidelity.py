@@ -2,22 +2,32 @@
 
 Classification errors are compared as exact counts; Diabetes mean costs within 1e-5 relative.
 Both CPU layouts of the fast engine are checked: the compiled fused kernel (the default where
-it is built) and the TorchScript dense layout (the fallback, and the GPU path).
+it is built) and the TorchScript dense layout (the fallback). With EQP_TEST_DEVICE=cuda the
+same trials run on the GPU path (dense layout replayed as CUDA graphs, with the cuBLAS and
+the Triton step kernels), same tolerances.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
 from eqp.trainer import Trainer, log_spread
 
-# The fallback layout's runs are marked slow: the quick suite checks the default path.
-LAYOUTS = ["fused", pytest.param("dense", marks=pytest.mark.slow)]
+# The fallback layout's runs are marked slow: the quick suite checks the default path. With
+# EQP_TEST_DEVICE=cuda every trial runs on the GPU instead (dense layout, CUDA graphs).
+DEVICE = os.environ.get("EQP_TEST_DEVICE", "cpu")
+LAYOUTS = (
+    ["dense"]
+    if DEVICE.startswith("cuda")
+    else ["fused", pytest.param("dense", marks=pytest.mark.slow)]
+)
 
 
 @pytest.fixture(params=LAYOUTS)
-def layout(request):
+def layout(request, test_device):
     if request.param == "fused":
         request.getfixturevalue("native_kernel")
     return request.param
@@ -25,7 +35,12 @@ def layout(request):
 
 def _run(settings, layout):
     torch.set_num_threads(1)
-    trainer = Trainer(settings, layout=layout)
+    layout, _, step_kernel = layout.partition("+")
+    trainer = Trainer(
+        settings.with_overrides({"device": DEVICE}),
+        layout=layout,
+        step_kernel=step_kernel or "cublas",
+    )
     initial = trainer.evaluate().error
     train, test, rates = [], [], []
     for _ in range(settings.epochs):
@@ -70,9 +85,7 @@ def test_wine_5layer_swni_reproduces_every_published_epoch(paper_trials, publish
 
 
 @pytest.mark.slow
-def test_diabetes_5layer_mlff_reproduces_every_published_epoch(
-    paper_trials, published, layout
-):
+def test_diabetes_5layer_mlff_reproduces_every_published_epoch(paper_trials, published, layout):
     _check("diabetes_5layer_mlff", paper_trials, published, layout)
 
 

@@ -41,9 +41,10 @@ def test_published_error_per_epoch() -> None:
 
 def test_epoch_zero_is_the_published_initial_test_error_where_there_is_one() -> None:
     runs = load_published()["trials"]
-    assert published_error("wine_5layer_swni", 0, "test") == runs["wine_5layer_swni"][
-        "initial_test_error"
-    ]
+    assert (
+        published_error("wine_5layer_swni", 0, "test")
+        == runs["wine_5layer_swni"]["initial_test_error"]
+    )
     assert published_error("wine_5layer_swni", 0, "train") is None
     assert "initial_test_error" not in runs["mnist_3layer_mlff"]
     assert published_error("mnist_3layer_mlff", 0, "test") is None

@@ -182,6 +182,7 @@ def test_checkpoint_of_other_settings_is_not_resumed(paper_trials, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_is_one_clear_error(paper_trials):
     with pytest.raises(DeviceError, match="device 'cuda' was requested but this machine has no"):
         resolve_device("cuda")

@@ -510,6 +510,12 @@ def estimate_seconds(settings: TrialSettings, eval_chunk: int = 50, threads: int
     return _cpu_training_seconds(settings, eval_chunk, threads) + JOB_OVERHEAD_S
 
 
+def _first_member(members: Sequence[TrialSettings]) -> TrialSettings:
+    if not members:
+        raise PipelineError("an ensemble needs at least one member")
+    return members[0]
+
+
 def estimate_ensemble_seconds(members: Sequence[TrialSettings], eval_chunk: int = 50) -> float:
     """A generous estimate of the wall time of one ensemble of ``members`` (eqp.ensemble).
 
@@ -518,7 +524,7 @@ def estimate_ensemble_seconds(members: Sequence[TrialSettings], eval_chunk: int 
     thread, as run_ensemble runs) the stacked products are slower than the members'
     single-threaded fused-kernel runs one after another, by ENSEMBLE_CPU_SLOWDOWN.
     """
-    first = members[0]
+    first = _first_member(members)
     overhead = JOB_OVERHEAD_S + ENSEMBLE_MEMBER_OVERHEAD_S * len(members)
     if not first.device.startswith("cuda"):
         cpu = sum(_cpu_training_seconds(m, eval_chunk, 1) for m in members)
@@ -566,9 +572,10 @@ def estimate_ensemble_mem_mb(members: Sequence[TrialSettings]) -> int:
     On CUDA those live on the GPU and the host stages one member's at a time (measured: 1.7 GB
     for 31 members), plus the CUDA context.
     """
+    first = _first_member(members)
     files = max(_memory_bytes(m)[0] for m in members)
     own = [_memory_bytes(m)[1] for m in members]
-    if members[0].device.startswith("cuda"):
+    if first.device.startswith("cuda"):
         return _mem_mb(files + max(own)) + GPU_HOST_MEM_MB
     return _mem_mb(files + sum(own))
 
@@ -599,8 +606,6 @@ def estimate_ensemble_resources(
 
     Override with ``--set-resources train_sweep_ensemble:runtime=...``.
     """
-    if not members:
-        raise PipelineError("an ensemble needs at least one member")
     return {
         "mem_mb": estimate_ensemble_mem_mb(members),
         "runtime": _limit_minutes(estimate_ensemble_seconds(members, eval_chunk)),

@@ -298,8 +298,9 @@ def test_ensemble_resources_hold_every_member() -> None:
     on_cuda = [cuda.sweep_settings(p, 0) for p in cuda.sweep_labels]
     half = pipeline.estimate_ensemble_seconds(on_cuda[:15])
     assert pipeline.estimate_ensemble_seconds(on_cuda) < 2 * half
-    with pytest.raises(SettingsError, match="at least one member"):
-        pipeline.estimate_ensemble_resources([])
+    for estimate in (pipeline.estimate_ensemble_resources, pipeline.estimate_ensemble_mem_mb):
+        with pytest.raises(SettingsError, match="at least one member"):
+            estimate([])
 
 
 # -- schema and config errors --------------------------------------------------------------

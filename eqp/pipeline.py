@@ -10,8 +10,11 @@ tests import without Snakemake:
   trial, each point a folder ``p{p:.6f}`` (checked unique);
 * the settings of one job as a plain dict, handed to the rule as ``params`` so that Snakemake
   reruns exactly the jobs whose settings changed;
+* whether the sweep is trained as ensembles (``sweep.ensemble``: one job per seed that trains
+  every point in lockstep, :mod:`eqp.ensemble`) or one job per point;
 * the resources of a training job (memory, wall time, a GPU when the device is CUDA);
-* the thin entry points that the ``scripts/`` call (train, draw a figure, write Table 1).
+* the thin entry points that the ``scripts/`` call (train, train an ensemble, draw a figure,
+  write Table 1).
 
 Nothing here imports torch or matplotlib at module level: the workflow imports this module
 every time it builds its DAG.
@@ -20,9 +23,10 @@ every time it builds its DAG.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +69,22 @@ PARALLEL_EFFICIENCY = 0.8
 SOR_PASSES = 200
 JOB_OVERHEAD_S = 60.0
 RUNTIME_MARGIN = 2.0
+# Ensembles (sweep.ensemble, eqp.ensemble). On a CPU: the members' single-thread estimates
+# above, one after another, times a slowdown (stacked dense products against the fused kernel;
+# measured 2.0-2.2 for 4-8 points of the sweep here). On CUDA: a fixed cost per settling step
+# (a replayed CUDA graph) plus a time per member, example and entry of the dense hidden x hidden
+# step matrix; the same for a weight update (entries of the N x hidden dW). Measured on an
+# H200 with 8 and 31 points of the sweep: ~15 us per step and ~1e-13 s per member, example
+# and entry (0.64 ms per step for 31 x 1000 test rows); the constants allow a GPU about three
+# times slower. Every member also costs set-up time (data, topology, its folder): ~0.5 s there.
+ENSEMBLE_CPU_SLOWDOWN = 2.5
+ENSEMBLE_MEMBER_OVERHEAD_S = 2.0
+GPU_SECONDS_PER_STEP = 3.0e-5
+GPU_SECONDS_PER_ENTRY_EXAMPLE = 3.0e-13
+GPU_SECONDS_PER_UPDATE = 1.0e-3
+GPU_SECONDS_PER_UPDATE_ENTRY = 1.0e-11
+# Host memory of a CUDA job beyond BASE_MEM_MB (the CUDA context and libraries).
+GPU_HOST_MEM_MB = 1000
 MIN_RUNTIME_MIN = 10
 BASE_MEM_MB = 1500
 
@@ -164,6 +184,8 @@ class Plan:
     sweep_epochs: int
     sweep_points: Mapping[str, float]  # label -> p, in sweep order
     sweep_overrides: Mapping[str, Any]
+    # One job per seed trains every sweep point as one ensemble (sweep.ensemble, resolved).
+    sweep_ensemble: bool = False
 
     # -- construction -------------------------------------------------------------------
 
@@ -212,7 +234,43 @@ class Plan:
                 plan.trial_settings(name, seed)
             for label in labels:
                 plan.sweep_settings(label, seed)
-        return plan
+        ensemble = plan.resolve_ensemble(sweep.get("ensemble", "auto"))
+        return dataclasses.replace(plan, sweep_ensemble=ensemble)
+
+    def ensemble_obstacle(self) -> str | None:
+        """Why the sweep points cannot be trained as one ensemble; None when they can.
+
+        The points of one seed differ only in bypass_p, so layer sizes, batch size, steps,
+        epochs, data and device always agree; what an ensemble cannot do is converged
+        settling (it runs the published Euler steps) or the dense reference engine.
+        """
+        settings = self.sweep_settings(self.sweep_labels[0], self.seeds[0])
+        if settings.settle != "euler":
+            return (
+                f"the sweep points settle with '{settings.settle}' and an ensemble runs Euler "
+                "steps only; set sweep.overrides.settle: euler"
+            )
+        if self.engine != "fast":
+            return (
+                f"engine is '{self.engine}' (the reference dynamics), which an ensemble does not "
+                "use; set engine: fast"
+            )
+        return None
+
+    def resolve_ensemble(self, choice: Any) -> bool:
+        """``sweep.ensemble`` as a yes or no: auto is yes on a CUDA device where possible."""
+        if not (isinstance(choice, bool) or choice == "auto"):
+            raise PipelineError(f"sweep.ensemble must be auto, true or false, got {choice!r}")
+        if choice is False:
+            return False
+        obstacle = self.ensemble_obstacle()
+        if choice == "auto":
+            return self.uses_gpu and obstacle is None
+        if obstacle is not None:
+            raise PipelineError(
+                f"sweep.ensemble is true, but {obstacle} (or set sweep.ensemble: auto or false)"
+            )
+        return True
 
     # -- settings -----------------------------------------------------------------------
 
@@ -253,6 +311,10 @@ class Plan:
     def sweep_params(self, label: str, seed: int) -> dict[str, Any]:
         return self.job_params(self.sweep_settings(label, seed))
 
+    def ensemble_params(self, seed: int) -> list[dict[str, Any]]:
+        """The job params of every sweep point of one seed, the members of its ensemble."""
+        return [self.sweep_params(label, seed) for label in self.sweep_points]
+
     # -- names and paths ----------------------------------------------------------------
 
     @property
@@ -291,6 +353,16 @@ class Plan:
 
     def sweep_outputs(self, label: str, seed: int) -> list[str]:
         return [f"{self.sweep_folder(label, seed)}/{f}" for f in TRIAL_FILES]
+
+    def ensemble_outputs(self, seed: int | str) -> list[str]:
+        """Every file of every sweep folder of one seed (``"{seed}"`` gives the pattern)."""
+        return [f for p in self.sweep_points for f in self.sweep_outputs(p, seed)]
+
+    def ensemble_folders(self, seed: int) -> list[str]:
+        return [self.sweep_folder(p, seed) for p in self.sweep_points]
+
+    def ensemble_checkpoints(self, seed: int) -> list[str]:
+        return [self.sweep_checkpoint(p, seed) for p in self.sweep_points]
 
     def all_trial_outputs(self) -> list[str]:
         return [f for t in self.trials for s in self.seeds for f in self.trial_outputs(t, s)]
@@ -368,6 +440,10 @@ class Plan:
         settings = self.sweep_settings(label, seed)
         return estimate_resources(settings, self.eval_chunk, self.threads_per_job)
 
+    def ensemble_resources(self, seed: int) -> dict[str, int]:
+        members = [self.sweep_settings(label, seed) for label in self.sweep_points]
+        return estimate_ensemble_resources(members, self.eval_chunk)
+
 
 def connections(settings: TrialSettings) -> int:
     """Connections of the network (rewiring moves connections; it does not add any)."""
@@ -388,41 +464,125 @@ def _speedup(threads: int) -> float:
     return 1.0 + PARALLEL_EFFICIENCY * (max(1, threads) - 1)
 
 
-def estimate_seconds(settings: TrialSettings, eval_chunk: int = 50, threads: int = 1) -> float:
-    """A generous CPU estimate of a trial's wall time with ``threads`` kernel threads."""
+def _free_steps(settings: TrialSettings) -> int:
+    """Settling passes of a free phase assumed for the estimate (Euler steps or SOR passes)."""
+    if settings.settle == "sor":
+        return min(settings.settle_cap, SOR_PASSES)
+    return settings.free_iterations
+
+
+def _training_seconds(
+    settings: TrialSettings,
+    eval_chunk: int,
+    step_seconds: Callable[[int], float],
+    update_seconds: float,
+) -> float:
+    """Every epoch's training and evaluation plus the initial evaluation, without overhead.
+
+    ``step_seconds(rows)`` is the time of one settling step of ``rows`` examples and
+    ``update_seconds`` that of one weight update.
+    """
     n_train, n_test = settings.batch_counts()
-    size, sizes = settings.batch_size, settings.layer_sizes
+    size, free_steps = settings.batch_size, _free_steps(settings)
+    clamped_steps = settings.weakly_clamped_iterations
+    train = n_train * ((free_steps + clamped_steps) * step_seconds(size) + update_seconds)
+    full, rest = divmod(n_test, max(1, eval_chunk))
+    evaluate = full * free_steps * step_seconds(eval_chunk * size)
+    evaluate += free_steps * step_seconds(rest * size) if rest else 0.0
+    return settings.epochs * (train + evaluate) + evaluate
+
+
+def _cpu_training_seconds(settings: TrialSettings, eval_chunk: int, threads: int) -> float:
+    sizes = settings.layer_sizes
     edges = connections(settings) - sizes[0] * sizes[1]  # those among non-input neurons
     speedup = _speedup(threads)
-    free_steps = settings.free_iterations
-    if settings.settle == "sor":
-        free_steps = min(settings.settle_cap, SOR_PASSES)
 
-    def settle(steps: int, rows: int) -> float:
-        return steps * (SECONDS_PER_STEP + 2 * edges * rows * SECONDS_PER_EDGE_EXAMPLE) / speedup
+    def step(rows: int) -> float:
+        return (SECONDS_PER_STEP + 2 * edges * rows * SECONDS_PER_EDGE_EXAMPLE) / speedup
 
     neurons = sum(sizes)
     update = SECONDS_PER_UPDATE_ENTRY * neurons * (neurons - sizes[0])
-    train = n_train * (settle(free_steps + settings.weakly_clamped_iterations, size) + update)
-    full, rest = divmod(n_test, max(1, eval_chunk))
-    evaluate = full * settle(free_steps, eval_chunk * size)
-    evaluate += settle(free_steps, rest * size) if rest else 0.0
-    return settings.epochs * (train + evaluate) + evaluate + JOB_OVERHEAD_S
+    return _training_seconds(settings, eval_chunk, step, update)
 
 
-def estimate_mem_mb(settings: TrialSettings) -> int:
-    """Torch and Python, the data (MNIST loads a whole split first), weights and particles."""
+def estimate_seconds(settings: TrialSettings, eval_chunk: int = 50, threads: int = 1) -> float:
+    """A generous CPU estimate of a trial's wall time with ``threads`` kernel threads."""
+    return _cpu_training_seconds(settings, eval_chunk, threads) + JOB_OVERHEAD_S
+
+
+def _first_member(members: Sequence[TrialSettings]) -> TrialSettings:
+    if not members:
+        raise PipelineError("an ensemble needs at least one member")
+    return members[0]
+
+
+def estimate_ensemble_seconds(members: Sequence[TrialSettings], eval_chunk: int = 50) -> float:
+    """A generous estimate of the wall time of one ensemble of ``members`` (eqp.ensemble).
+
+    On CUDA the members settle together: a step costs a fixed launch overhead plus a time
+    per member, example and entry of the dense hidden x hidden step matrix. On a CPU (one
+    thread, as run_ensemble runs) the stacked products are slower than the members'
+    single-threaded fused-kernel runs one after another, by ENSEMBLE_CPU_SLOWDOWN.
+    """
+    first = _first_member(members)
+    overhead = JOB_OVERHEAD_S + ENSEMBLE_MEMBER_OVERHEAD_S * len(members)
+    if not first.device.startswith("cuda"):
+        cpu = sum(_cpu_training_seconds(m, eval_chunk, 1) for m in members)
+        return ENSEMBLE_CPU_SLOWDOWN * cpu + overhead
+    sizes = first.layer_sizes
+    hidden = sum(sizes) - sizes[0]  # the step matrix is hidden x hidden, dW neurons x hidden
+    count = len(members)
+
+    def step(rows: int) -> float:
+        return GPU_SECONDS_PER_STEP + count * rows * hidden**2 * GPU_SECONDS_PER_ENTRY_EXAMPLE
+
+    update = GPU_SECONDS_PER_UPDATE + count * sum(sizes) * hidden * GPU_SECONDS_PER_UPDATE_ENTRY
+    return _training_seconds(first, eval_chunk, step, update) + overhead
+
+
+def _memory_bytes(settings: TrialSettings) -> tuple[float, float]:
+    """Bytes a job holds while it reads the data set's files, and for each network it trains
+    (its batches, weights and particles)."""
     n_train, n_test = examples(settings)
     sizes = settings.layer_sizes
     neurons = sum(sizes)
     hidden = neurons - sizes[0]
+    files = 70000 * sizes[0] * (1 + 4) if settings.dataset in DOWNLOADED else 0
     data = (n_train + n_test) * (sizes[0] + sizes[-1]) * 4 * 2
-    if settings.dataset in DOWNLOADED:
-        data += 70000 * sizes[0] * (1 + 4)  # the full idx files, as uint8 and float32
     weights = neurons * neurons * 4 * 8  # W, mask, running means, per-batch dW, engine copies
     particles = (n_train + n_test) * hidden * 4 * 2
-    total = BASE_MEM_MB + 1.5 * (data + weights + particles) / 2**20
+    return files, data + weights + particles
+
+
+def _mem_mb(total_bytes: float) -> int:
+    total = BASE_MEM_MB + 1.5 * total_bytes / 2**20
     return int(math.ceil(total / 100.0) * 100)
+
+
+def estimate_mem_mb(settings: TrialSettings) -> int:
+    """Torch and Python, the data (MNIST loads a whole split first), weights and particles."""
+    return _mem_mb(sum(_memory_bytes(settings)))
+
+
+def estimate_ensemble_mem_mb(members: Sequence[TrialSettings]) -> int:
+    """Host memory of one ensemble job: the data files are read one member at a time.
+
+    On a CPU every member holds its batches (until the ensemble shares identical ones),
+    weights and particles (measured: ~0.5 GB per member of the full-MNIST sweep, 16 members).
+    On CUDA those live on the GPU and the host stages one member's at a time (measured: 1.7 GB
+    for 31 members), plus the CUDA context.
+    """
+    first = _first_member(members)
+    files = max(_memory_bytes(m)[0] for m in members)
+    own = [_memory_bytes(m)[1] for m in members]
+    if first.device.startswith("cuda"):
+        return _mem_mb(files + max(own)) + GPU_HOST_MEM_MB
+    return _mem_mb(files + sum(own))
+
+
+def _limit_minutes(seconds: float) -> int:
+    """Slurm's time limit (minutes) for a job estimated at ``seconds``."""
+    return max(MIN_RUNTIME_MIN, int(math.ceil(RUNTIME_MARGIN * seconds / 60.0)))
 
 
 def estimate_resources(
@@ -433,10 +593,22 @@ def estimate_resources(
     The runtime is a CPU estimate with a margin; on a GPU it is far too long, which only
     costs queue priority. Override per rule with ``--set-resources train_trial:runtime=...``.
     """
-    minutes = RUNTIME_MARGIN * estimate_seconds(settings, eval_chunk, threads) / 60.0
     return {
         "mem_mb": estimate_mem_mb(settings),
-        "runtime": max(MIN_RUNTIME_MIN, int(math.ceil(minutes))),
+        "runtime": _limit_minutes(estimate_seconds(settings, eval_chunk, threads)),
+    }
+
+
+def estimate_ensemble_resources(
+    members: Sequence[TrialSettings], eval_chunk: int = 50
+) -> dict[str, int]:
+    """``mem_mb`` and ``runtime`` (minutes) of one ensemble job (train_sweep_ensemble).
+
+    Override with ``--set-resources train_sweep_ensemble:runtime=...``.
+    """
+    return {
+        "mem_mb": estimate_ensemble_mem_mb(members),
+        "runtime": _limit_minutes(estimate_ensemble_seconds(members, eval_chunk)),
     }
 
 
@@ -543,6 +715,55 @@ def train(
             threads=threads,
             eval_chunk=int(params.get("eval_chunk", 50)),
         )
+
+
+def train_ensemble(
+    members: Sequence[Mapping[str, Any]],
+    out_dirs: Sequence[str | Path],
+    *,
+    data_root: str | None,
+    checkpoints: Sequence[str | Path | None],
+    log_path: str | Path,
+) -> list[Any]:
+    """Train the jobs of :meth:`Plan.ensemble_params` as one ensemble (eqp.ensemble).
+
+    Every member's folder is written as :func:`train` writes one (summary.json last). Members
+    that cannot be stacked end the job with one line (in the log and via SystemExit).
+    """
+    import warnings
+
+    if not members or len(out_dirs) != len(members) or len(checkpoints) != len(members):
+        raise PipelineError(
+            f"an ensemble needs one folder and one checkpoint per member: {len(members)} "
+            f"member(s), {len(out_dirs)} folder(s), {len(checkpoints)} checkpoint(s)"
+        )
+    from .ensemble import EnsembleError, run_ensemble
+
+    settings = [trial_from_dict(job["name"], job["settings"]) for job in members]
+    first = members[0]
+    failure: EnsembleError | None = None
+    with logged(log_path, writes_to=(*out_dirs, *checkpoints)), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse")
+        print(f"ensemble of {len(settings)} member(s)")
+        for member, folder in zip(settings, out_dirs, strict=True):
+            print(f"{folder}: {member.to_dict()}")
+        try:
+            return run_ensemble(
+                settings,
+                out_dirs,
+                data_root,
+                checkpoints=checkpoints,
+                log=print,
+                preset=first.get("preset"),
+                eval_chunk=int(first.get("eval_chunk", 50)),
+            )
+        except EnsembleError as exc:
+            failure = exc
+            print(f"error: {exc}")
+    raise SystemExit(
+        f"error: the members cannot be trained as one ensemble: {failure} "
+        "(set sweep.ensemble: false to train one job per point)"
+    )
 
 
 def draw_figure(

@@ -39,6 +39,7 @@ from workflow_helpers import (
 )
 
 from eqp import pipeline
+from eqp.runs import job_benchmarks, runs_table
 from eqp.settings import SettingsError, load_yaml
 
 DEFAULT_CONFIG = REPO / "config" / "config.yaml"
@@ -208,6 +209,100 @@ def test_cli_values_get_their_types_back() -> None:
     assert pipeline.typed_cli_values({"dataset_source_dir": "null"}) == {"dataset_source_dir": None}
 
 
+# -- sweep.ensemble: the sweep of one seed as one job -----------------------------------------
+
+
+def ensemble_config(ensemble: Any, base: Path = DEMO_CONFIG, **changes: Any) -> dict[str, Any]:
+    """A preset with ``sweep.ensemble`` set (left out for None) and top-level ``changes``."""
+    config = {**load_yaml(base), **changes}
+    config["sweep"] = {k: v for k, v in config["sweep"].items() if k != "ensemble"}
+    if ensemble is not None:
+        config["sweep"]["ensemble"] = ensemble
+    return config
+
+
+def test_sweep_ensemble_auto_is_on_only_on_cuda_where_the_points_stack() -> None:
+    def resolved(config: dict[str, Any]) -> bool:
+        return pipeline.Plan.from_config(config, REPO).sweep_ensemble
+
+    assert not resolved(ensemble_config(None))  # demo: euler on cpu
+    assert not resolved(ensemble_config("auto"))
+    assert resolved(ensemble_config(None, device="cuda"))
+    assert resolved(ensemble_config("auto", device="cuda:1"))
+    assert not resolved(ensemble_config(False, device="cuda"))
+    assert resolved(ensemble_config(True))  # asked for on a CPU: allowed
+    # the default preset's sweep settles with sor, which an ensemble cannot run
+    assert not resolved(ensemble_config("auto", base=DEFAULT_CONFIG, device="cuda"))
+    assert not resolved(ensemble_config("auto", engine="dense", device="cuda"))
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (ensemble_config(True, base=DEFAULT_CONFIG), "settle with 'sor'"),
+        (ensemble_config(True, engine="dense"), "engine is 'dense'"),
+        (ensemble_config("yes"), "must be auto, true or false, got 'yes'"),
+    ],
+    ids=["sor", "dense", "value"],
+)
+def test_sweep_ensemble_that_cannot_be_trained_is_refused(config: dict, expected: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(expected)) as caught:
+        pipeline.Plan.from_config(config, REPO)
+    assert "sweep.ensemble" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_ensemble_job_is_every_sweep_point_of_its_seed() -> None:
+    plan = pipeline.Plan.from_config(ensemble_config(True, seeds=[0, 3]), REPO)
+    labels = plan.sweep_labels
+    assert len(labels) == 31
+    for seed in plan.seeds:
+        assert plan.ensemble_params(seed) == [plan.sweep_params(p, seed) for p in labels]
+        assert plan.ensemble_folders(seed) == [plan.sweep_folder(p, seed) for p in labels]
+        checkpoints = plan.ensemble_checkpoints(seed)
+        assert checkpoints == [plan.sweep_checkpoint(p, seed) for p in labels]
+        assert len(set(checkpoints)) == 31
+    assert {m["settings"]["bypass_p"] for m in plan.ensemble_params(3)} == set(
+        plan.sweep_points.values()
+    )
+    assert {m["settings"]["seed"] for m in plan.ensemble_params(3)} == {3}
+    outputs = [f for seed in plan.seeds for f in plan.ensemble_outputs(seed)]
+    assert sorted(outputs) == sorted(plan.all_sweep_outputs())
+    assert len(outputs) == len(set(outputs)) == 2 * 31 * len(TRAIN_FILES)
+    pattern = plan.ensemble_outputs("{seed}")
+    assert pattern[0] == "results/sweep/p0.000000/seed{seed}/" + TRAIN_FILES[0]
+
+
+def test_ensemble_resources_hold_every_member() -> None:
+    paper = load_yaml(REPO / "config" / "paper.yaml")
+    paper_file = REPO / "config" / "paper.yaml"
+    cpu = pipeline.Plan.from_config(ensemble_config(True, base=paper_file), REPO)
+    points = [cpu.sweep_resources(p, 0) for p in cpu.sweep_labels]
+    ensemble = cpu.ensemble_resources(0)
+    # the data set once, every member's weights and particles
+    assert max(r["mem_mb"] for r in points) < ensemble["mem_mb"] < sum(r["mem_mb"] for r in points)
+    # on a CPU an ensemble is slower than the members' fused-kernel jobs one after another
+    members = [cpu.sweep_settings(p, 0) for p in cpu.sweep_labels]
+    alone = sum(pipeline.estimate_seconds(m) - pipeline.JOB_OVERHEAD_S for m in members)
+    assert pipeline.estimate_ensemble_seconds(members) > alone
+    assert ensemble["runtime"] > max(r["runtime"] for r in points)
+
+    cuda = pipeline.Plan.from_config({**paper, "device": "cuda"}, REPO)
+    assert cuda.sweep_ensemble and cuda.gpu_resources() == {"gpu": 1}
+    on_gpu = cuda.ensemble_resources(0)
+    # the members' batches and particles live on the GPU: the host stages one at a time
+    assert max(r["mem_mb"] for r in points) < on_gpu["mem_mb"] < ensemble["mem_mb"] / 4
+    assert pipeline.MIN_RUNTIME_MIN <= on_gpu["runtime"] < ensemble["runtime"] / 10
+    # the paper sweep (31 points, 10 epochs, full MNIST): ~17 min at the rates an H200 gave
+    assert 30 <= on_gpu["runtime"] <= 240
+    # a GPU settles the members together: more members cost far less than proportionally
+    on_cuda = [cuda.sweep_settings(p, 0) for p in cuda.sweep_labels]
+    half = pipeline.estimate_ensemble_seconds(on_cuda[:15])
+    assert pipeline.estimate_ensemble_seconds(on_cuda) < 2 * half
+    for estimate in (pipeline.estimate_ensemble_resources, pipeline.estimate_ensemble_mem_mb):
+        with pytest.raises(SettingsError, match="at least one member"):
+            estimate([])
+
+
 # -- schema and config errors --------------------------------------------------------------
 
 
@@ -254,6 +349,14 @@ BAD_CONFIGS = {
     "mlff_sweep": (
         lambda c: c["sweep"].update(base="mnist_5layer_mlff"),
         ["sweep.base", "MLFF"],
+    ),
+    "ensemble_value": (
+        lambda c: c["sweep"].update(ensemble="sometimes"),
+        ["sweep.ensemble", "'sometimes' is not one of ['auto', True, False]"],
+    ),
+    "ensemble_of_sor_points": (  # the default preset's sweep settles with sor
+        lambda c: c["sweep"].update(ensemble=True),
+        ["sweep.ensemble is true", "settle with 'sor'", "sweep.overrides.settle: euler"],
     ),
 }
 
@@ -466,6 +569,113 @@ def test_workflow_lint_has_only_the_documented_conda_lint() -> None:
     assert "Lints for snakefile" not in output, output
 
 
+# -- sweep.ensemble in the DAG ----------------------------------------------------------------
+
+
+def ensemble_configfile(tmp_path: Path, ensemble: Any, **changes: Any) -> str:
+    """The demo preset with sweep.ensemble (None: unset) as a config file; an absolute
+    trials_file, so that a probe Snakefile in tmp_path finds it too."""
+    config = ensemble_config(ensemble, **changes)
+    config["trials_file"] = str(REPO / config["trials_file"])
+    name = f"ensemble_{ensemble}_{'_'.join(map(str, changes.values()))}.yaml"
+    return str(write_config(tmp_path / name, config))
+
+
+def test_ensemble_trains_the_sweep_in_one_job_per_seed(tmp_path: Path) -> None:
+    configfile = ensemble_configfile(tmp_path, True)
+    counts = dry_counts(tmp_path, "--configfile", configfile, "--config", "seeds=[0,1]")
+    assert counts["train_sweep_ensemble"] == 2 and "train_sweep_point" not in counts
+    assert counts["train_trial"] == 2 * ALL_TRIALS and counts["figure"] == 4
+    fig4 = dry_counts(tmp_path, "--configfile", configfile, targets=("figures/fig4.pdf",))
+    assert fig4 == {"fetch_dataset": 1, "train_sweep_ensemble": 1, "figure": 1, "total": 3}
+
+
+@pytest.mark.parametrize("ensemble", [False, "auto"])
+def test_without_ensemble_the_dag_is_unchanged(tmp_path: Path, ensemble: Any) -> None:
+    """sweep.ensemble false, or auto on a CPU: one train_sweep_point job per point, as before."""
+    unset = dry_counts(tmp_path, "--configfile", ensemble_configfile(tmp_path, None))
+    counts = dry_counts(tmp_path, "--configfile", ensemble_configfile(tmp_path, ensemble))
+    assert counts == unset
+    assert counts["train_sweep_point"] == 31 and "train_sweep_ensemble" not in counts
+
+
+def test_ensemble_job_writes_every_folder_of_its_seed_and_asks_for_a_gpu_on_cuda(
+    tmp_path: Path,
+) -> None:
+    """auto on a CUDA device: one job, the 31 folders as outputs, a GPU, memory for all."""
+    configfile = ensemble_configfile(tmp_path, "auto", device="cuda")
+    proc = run_snakemake("figures/fig4.pdf", "-n", "--configfile", configfile, cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    blocks = output.split("rule train_sweep_ensemble:")[1:]
+    assert len(blocks) == 1, output
+    job = blocks[0].split("\n[")[0]
+    plan = pipeline.Plan.from_config(ensemble_config("auto", device="cuda"), REPO)
+    outputs = re.search(r"output: (.*)", job).group(1).split(", ")
+    assert sorted(outputs) == sorted(plan.ensemble_outputs(0))
+    assert "log: logs/sweep/ensemble/seed0.log" in job
+    assert "benchmark: benchmarks/runs/sweep/ensemble/seed0.tsv" in job
+    resources = re.search(r"resources: (.*)", job).group(1)
+    assert "gpu=1" in resources, resources
+    assert f"mem_mb={plan.ensemble_resources(0)['mem_mb']}," in resources, resources
+    assert f"runtime={plan.ensemble_resources(0)['runtime']}," in resources, resources
+
+
+def probe_benchmark_files(tmp_path: Path, configfile: str) -> dict[str, list[str]]:
+    """The benchmark files job_benchmarks reads (rules/common.smk), printed by a probe."""
+    probe = tmp_path / "ProbeBenchmarks.smk"
+    probe.write_text(
+        f"include: {str(SNAKEFILE)!r}\nimport json\nprint('PROBE', json.dumps(benchmark_files()))\n"
+    )
+    proc = run_snakemake("-n", "--configfile", configfile, cwd=tmp_path, snakefile=probe)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    return json.loads(output.split("PROBE ", 1)[1].splitlines()[0])
+
+
+def test_jobs_table_reads_the_benchmarks_of_whichever_sweep_rule_runs(tmp_path: Path) -> None:
+    ensemble = probe_benchmark_files(tmp_path, ensemble_configfile(tmp_path, True))
+    assert ensemble["train_sweep_ensemble"] == ["benchmarks/runs/sweep/ensemble/seed0.tsv"]
+    assert "train_sweep_point" not in ensemble
+    points = probe_benchmark_files(tmp_path, ensemble_configfile(tmp_path, False))
+    assert len(points["train_sweep_point"]) == 31 and "train_sweep_ensemble" not in points
+    assert points["train_sweep_point"][0] == "benchmarks/runs/sweep/p0.000000/seed0.tsv"
+    assert {k: v for k, v in ensemble.items() if "sweep" not in k} == {
+        k: v for k, v in points.items() if "sweep" not in k
+    }
+
+
+def test_ensemble_rule_has_only_the_documented_conda_lint(tmp_path: Path) -> None:
+    proc = run_snakemake("--lint", "--configfile", ensemble_configfile(tmp_path, True), cwd=REPO)
+    output = proc.stdout + proc.stderr
+    rules = re.findall(r"^Lints for rule (\w+)", output, flags=re.MULTILINE)
+    expected = [rule for rule in RULES if rule != "train_sweep_point"] + ["train_sweep_ensemble"]
+    assert sorted(rules) == sorted(expected), output
+    titles = {line.strip() for line in output.splitlines() if line.startswith("    * ")}
+    assert titles == {"* Specify a conda environment or container for each rule.:"}, output
+
+
+def test_unstackable_ensemble_job_ends_with_one_line_and_no_folder(tmp_path: Path) -> None:
+    plan = pipeline.Plan.from_config(ensemble_config(True), REPO)
+    members = copy.deepcopy(plan.ensemble_params(0)[:2])
+    members[1]["settings"]["batch_size"] = 10
+    folders = [tmp_path / "p0", tmp_path / "p1"]
+    log = tmp_path / "logs" / "job.log"
+    with pytest.raises(SystemExit) as caught:
+        pipeline.train_ensemble(
+            members, folders, data_root=None, checkpoints=[None, None], log_path=log
+        )
+    message = str(caught.value)
+    assert message.startswith("error: ") and "\n" not in message
+    assert "batch_size" in message and "sweep.ensemble: false" in message
+    assert "error: " in log.read_text() and "Traceback" not in log.read_text()
+    assert not any(folder.exists() for folder in folders)
+    with pytest.raises(SettingsError, match="one folder and one checkpoint per member"):
+        pipeline.train_ensemble(
+            members, folders[:1], data_root=None, checkpoints=[None, None], log_path=log
+        )
+
+
 # -- end to end on config/tiny.yaml --------------------------------------------------------
 
 
@@ -631,6 +841,61 @@ def test_report_collects_figures_tables_runs_and_jobs(tiny_run: dict[str, Any]) 
         assert f"Fig. {figure}" in html
     for text in ("runs.tsv", "jobs.tsv", "Runs index.", "Jobs.", "table1.csv"):
         assert text in html, text
+
+
+def test_ensemble_run_writes_every_sweep_folder_and_figure4(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    """config/tiny.yaml on a CPU with sweep.ensemble: true and three points, for real: one
+    job trains them together, every folder is complete and Figure 4 is drawn from them."""
+    snakefile = copy_workflow(tmp_path)
+    config = load_yaml(REPO / "config" / "tiny.yaml")
+    config["data_dir"] = str(mnist_root)
+    config["sweep"].update(ensemble=True, logspace={"start": -1, "stop": 0, "num": 2})
+    configfile = write_config(tmp_path / "config" / "ensemble.yaml", config)
+    run = ("--configfile", str(configfile))
+    proc = run_snakemake(
+        "figures/fig4.pdf", "--cores", "2", *run, cwd=tmp_path, snakefile=snakefile
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-6000:]
+    counts = job_counts(output)
+    assert counts.get("train_sweep_ensemble") == 1 and "train_sweep_point" not in counts, counts
+
+    plan = pipeline.Plan.from_config(config, tmp_path)
+    assert plan.sweep_ensemble and len(plan.sweep_labels) == 3
+    for label, folder in zip(plan.sweep_labels, plan.ensemble_folders(0), strict=True):
+        for name in TRAIN_FILES:
+            assert (tmp_path / folder / name).stat().st_size > 0, (folder, name)
+        summary = json.loads((tmp_path / folder / "summary.json").read_text())
+        assert summary["settings"]["bypass_p"] == plan.sweep_points[label], folder
+        assert summary["settings"]["seed"] == 0 and summary["epochs_run"] == 1, folder
+    for ext in ("pdf", "png"):
+        assert (tmp_path / "figures" / f"fig4.{ext}").stat().st_size > 0
+    log = (tmp_path / "logs" / "sweep" / "ensemble" / "seed0.log").read_text()
+    assert "ensemble of 3 trials" in log, log[-3000:]
+    assert (tmp_path / "benchmarks" / "runs" / "sweep" / "ensemble" / "seed0.tsv").is_file()
+    assert not list((tmp_path / "logs" / "sweep").glob("p*"))  # no per-point job ran
+    assert not list((tmp_path / "results" / "checkpoints").rglob("*.safetensors"))
+
+    # what runs_index and job_benchmarks make of them (eqp.runs, as their scripts call it)
+    runs = runs_table([tmp_path / f for f in plan.sweep_folders()], tmp_path / "results")
+    assert runs["folder"].tolist() == [
+        str(Path(f).relative_to("results")) for f in plan.sweep_folders()
+    ]
+    assert (runs["kind"] == "sweep").all() and sorted(runs["p"]) == [0.0, 0.1, 1.0]
+    benchmarks = tmp_path / "benchmarks" / "runs"
+    jobs = job_benchmarks(
+        {
+            "train_sweep_ensemble": [benchmarks / "sweep" / "ensemble" / "seed0.tsv"],
+            "figure": [benchmarks / "figures" / "fig4.tsv"],
+        }
+    )
+    assert jobs["job"].tolist() == ["sweep/ensemble/seed0", "figures/fig4"]
+    assert (jobs["s"] > 0).all() and jobs.loc[0, "max_rss"] > 0
+
+    again = run_snakemake("figures/fig4.pdf", "-n", *run, cwd=tmp_path, snakefile=snakefile)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
 # -- faults: the whole pipeline killed again and again ---------------------------------------

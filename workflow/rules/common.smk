@@ -46,14 +46,23 @@ def figure_labels(file_format):
 def benchmark_files():
     """The benchmark file of every job of the default target, by rule (rules' own patterns).
 
-    Called by the last rule (rules/runs.smk), once every other rule exists.
+    The sweep's jobs are train_sweep_ensemble's or train_sweep_point's, whichever rule the
+    config defines. Called by the last rule (rules/runs.smk), once every other rule exists.
     """
+    if PLAN.sweep_ensemble:
+        sweep = {
+            "train_sweep_ensemble": expand(rules.train_sweep_ensemble.benchmark, seed=PLAN.seeds)
+        }
+    else:
+        sweep = {
+            "train_sweep_point": expand(
+                rules.train_sweep_point.benchmark, p=PLAN.sweep_labels, seed=PLAN.seeds
+            )
+        }
     files = {
         "fetch_dataset": expand(rules.fetch_dataset.benchmark, folder=PLAN.fetched_folders()),
         "train_trial": expand(rules.train_trial.benchmark, trial=PLAN.trial_names, seed=PLAN.seeds),
-        "train_sweep_point": expand(
-            rules.train_sweep_point.benchmark, p=PLAN.sweep_labels, seed=PLAN.seeds
-        ),
+        **sweep,
         "figure": expand(rules.figure.benchmark, figure=pipeline.FIGURES),
         "table1": [rules.table1.benchmark],
         "runs_index": [rules.runs_index.benchmark],

@@ -1,0 +1,14 @@
+"""Snakemake script of train_sweep_ensemble: every sweep point of one seed as one ensemble
+(eqp.pipeline.train_ensemble)."""
+
+from eqp.pipeline import train_ensemble
+
+smk = snakemake  # noqa: F821  (injected by Snakemake's script directive)
+
+train_ensemble(
+    smk.params.members,
+    smk.params.folders,
+    data_root=smk.params.data_root,
+    checkpoints=smk.params.checkpoints,
+    log_path=smk.log[0],
+)

@@ -167,8 +167,8 @@ class Ensemble:
         """Per member a factor on dW (its scalar rate, or per-pair rates) and on the biases."""
         weight_factors, bias_factors = [], []
         for member in self.members:
-            rate = float(member.settings.learning_rate) if member._factor is None else 1.0
             if member._factor is None:
+                rate = float(member.settings.learning_rate)
                 weight_factors.append(torch.full_like(member._mask_columns, rate))
                 bias_factors.append(torch.full_like(member.net.biases, rate))
             else:

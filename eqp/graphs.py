@@ -48,9 +48,6 @@ class GraphedLoops:
     def __len__(self) -> int:
         return len(self._captured)
 
-    def clear(self) -> None:
-        self._captured.clear()
-
     def run(
         self,
         loop: Loop,

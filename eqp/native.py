@@ -19,7 +19,7 @@ import importlib.util
 
 import torch
 
-ABI = 3
+ABI = 4
 _VECTOR = 8  # floats per vector in the kernel
 _STRIP = 24  # widest strip of batch columns the kernel keeps in registers (three vectors)
 
@@ -106,6 +106,7 @@ def load_library(path: str) -> tuple[ctypes.CDLL | None, str | None]:
         ctypes.c_int,
     ]
     lib.eqp_settle_openmp.restype = ctypes.c_int
+    lib.eqp_settle_variant.restype = ctypes.c_char_p
     return lib, None
 
 
@@ -118,6 +119,13 @@ def multithreaded() -> bool:
     """Whether the built kernel can use several cores (it was compiled with OpenMP)."""
     lib = _load()[0]
     return lib is not None and bool(lib.eqp_settle_openmp())
+
+
+def instruction_set() -> str | None:
+    """The instruction set the built kernel's arithmetic runs with on this CPU ("avx2+fma" or
+    "portable"), or None where the kernel is not built."""
+    lib = _load()[0]
+    return lib.eqp_settle_variant().decode() if lib is not None else None
 
 
 def csr_index(entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from . import records
+from . import native, records
 from .converged import SorParameters, make_settler
 from .data import DataSet, load_dataset
 from .dynamics import Minimiser, make_engine
@@ -681,6 +681,7 @@ def write_trial_folder(
         ),
     )
     rate_means = rates.reshape(-1, pairs).mean(0) if rates.size else np.full(pairs, np.nan)
+    layout = getattr(trainer.engine, "layout", None)
     summary = {
         "trial": s.name,
         "seed": s.seed,
@@ -696,7 +697,9 @@ def write_trial_folder(
         "layer_rate_means": [float(v) for v in rate_means],
         "batches_per_epoch": {"train": len(trainer.data.train), "test": len(trainer.data.test)},
         "engine": trainer.engine.name,
-        "engine_layout": getattr(trainer.engine, "layout", None),
+        "engine_layout": layout,
+        # the fused kernel's arithmetic: avx2+fma and portable round differently
+        "kernel_instruction_set": native.instruction_set() if layout == "fused" else None,
         "settle": trainer.settle_record(),
         "threads": trainer.threads,
         "device": str(trainer.device),

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -149,47 +146,3 @@ def test_training_batches_agree_between_engines(paper_trials):
     assert torch.allclose(
         trainers["dense"].net.weights, trainers["fast"].net.weights, atol=1e-5, rtol=0
     )
-
-
-@pytest.mark.slow
-def test_portable_build_of_the_kernel_matches_the_reference(paper_trials, tmp_path):
-    """The default (non-AVX2) clone, which other CPUs run, computes the same steps."""
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        pytest.skip("no C compiler here")
-    library = tmp_path / "settle_portable.so"
-    include = sysconfig.get_paths()["include"]
-    subprocess.run(
-        [
-            compiler,
-            "-O2",
-            "-shared",
-            "-fPIC",
-            "-DEQP_PORTABLE_ONLY",
-            f"-I{include}",
-            str(ROOT / "eqp" / "csrc" / "settle.c"),
-            "-o",
-            str(library),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    lib, reason = native.load_library(str(library))
-    assert lib is not None, reason
-    settings = paper_trials["mnist_5layer_swni"].with_overrides({"batch_size": 30})
-    net = _network(settings)
-    x, state, y = _batch(settings, net)
-    engine = FastEngine(net, settings.epsilon, "blocked")
-    n_in = net.n_inputs
-    fused = native.FusedSteps(
-        net.mask[n_in:, n_in:], [o - n_in for o in net.offsets[1:]], engine.fused_blocks, lib
-    )
-    fused.refresh(settings.epsilon * net.weights[n_in:, n_in:])
-    drive = engine.drive(x)
-    first_output = net.output_slice.start
-    reference = DenseReference(net, settings.epsilon)
-    free = fused.settle(drive, state, 1 - settings.epsilon, 40, None, 0.0, first_output)
-    assert torch.allclose(free, reference.free(x, state, 40), atol=2e-5, rtol=0)
-    keep, pull = 1 - settings.epsilon, 2 * settings.epsilon
-    nudged = fused.settle(drive, free, keep, 8, y, pull, first_output)
-    assert torch.allclose(nudged, reference.nudged(x, free, y, 1.0, 8), atol=2e-5, rtol=0)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from eqp import cli, records, runs
+from eqp import cli, native, records, runs
 from eqp.trainer import run_trial
 
 QUICK = {"epochs": 1, "free_iterations": 20, "weakly_clamped_iterations": 4}
@@ -58,6 +58,9 @@ def test_index_rows_hold_the_summaries_and_the_published_values(results: Path) -
         assert row["log_spread"] == summary["log_spread"]
         assert row["epochs_run"] == summary["epochs_run"]
         assert row["engine_layout"] == summary["engine_layout"]
+        fused = summary["engine_layout"] == "fused"
+        assert summary["kernel_instruction_set"] == (native.instruction_set() if fused else None)
+        assert row["kernel_instruction_set"] == summary["kernel_instruction_set"] or not fused
         assert row["realised_p"] == summary["realised_p"]
         metrics = records.read_metrics(results / folder)
         assert row["seconds_per_epoch"] == pytest.approx(metrics["seconds"][1:].mean())

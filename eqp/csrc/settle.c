@@ -344,6 +344,9 @@ int eqp_settle(const struct eqp_plan *p, int steps, float *s, float *buf, const 
     int32_t bound[MAX_THREADS + 1];
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads < 1) threads = 1;
+#ifndef _OPENMP
+    threads = 1; /* built without OpenMP: one thread, whatever was asked */
+#endif
     struct euler_job job = {p, &t, steps, s, buf, drive, target, keep, pull, first_output,
                             0, bound};
     int nt = threads;
@@ -359,7 +362,6 @@ int eqp_settle(const struct eqp_plan *p, int steps, float *s, float *buf, const 
 #pragma omp parallel num_threads(nt) if (nt > 1)
     worker(&job, THREAD_ID(), TEAM_SIZE());
 #else
-    nt = 1;
     worker(&job, 0, 1);
 #endif
     free_tiles(&t);
@@ -378,6 +380,9 @@ int eqp_converge(const struct eqp_plan *p, const struct eqp_converge_args *a, fl
     if (make_tiles(p, &t)) return -1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads < 1) threads = 1;
+#ifndef _OPENMP
+    threads = 1; /* built without OpenMP: one thread, whatever was asked */
+#endif
     int nt = threads, by_strips = 1;
     if (p->strips < threads) {
         nt = row_threads(p, &t, threads);
@@ -405,7 +410,6 @@ int eqp_converge(const struct eqp_plan *p, const struct eqp_converge_args *a, fl
 #pragma omp parallel num_threads(nt) if (nt > 1)
     worker(&job, THREAD_ID(), TEAM_SIZE());
 #else
-    nt = 1;
     worker(&job, 0, 1);
 #endif
     free(bound);

@@ -5,9 +5,10 @@ trial cannot fill a GPU: its steps are a few microseconds of arithmetic each. Tr
 same layer sizes (the 31 points of the bypass-p sweep, seeds of one trial) can share every
 launch instead: weights, particles and states get a leading member axis, each Euler step is one
 batched product over the members (captured as a CUDA graph on a GPU), and the update is one
-batched product too. Each member keeps its own data, topology, random stream (beta's sign) and
-learning rates, so its outputs equal its separate run within float rounding (batched and
-single products sum in different orders), and its trial folder is written as a single run's.
+batched product too. Each member keeps its own data, topology, random stream (beta's sign),
+learning rates and epoch count (a member whose epochs have run out leaves the stack, the others
+go on), so its outputs equal its separate run within float rounding (batched and single
+products sum in different orders), and its trial folder is written as a single run's.
 
 Members are ordinary :class:`eqp.trainer.Trainer` objects whose tensors are re-pointed at
 slices of the stacked ones, so checkpoints and trial folders are theirs unchanged.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,13 +41,13 @@ from .trainer import (
 )
 
 # Settings that every member must share: they fix the stacked shapes and the step loops.
+# Epochs may differ: a member leaves the stack when its last epoch is done.
 SHARED_SETTINGS = (
     "layer_sizes",
     "batch_size",
     "epsilon",
     "free_iterations",
     "weakly_clamped_iterations",
-    "epochs",
     "device",
     "settle",
 )
@@ -81,6 +83,17 @@ def check_stackable(settings_list: Sequence[TrialSettings]) -> None:
         )
 
 
+def ensemble_record(members: Sequence[Trainer], step_kernel: str) -> dict[str, Any]:
+    """What a member's summary.json and checkpoint say of the stack it trains in: the member
+    count, the step kernel, and the members' epochs where they differ (when the stack
+    shrinks; a resumed run must shrink it at the same epochs)."""
+    record: dict[str, Any] = {"members": len(members), "step_kernel": step_kernel}
+    epochs = sorted(m.settings.epochs for m in members)
+    if len(set(epochs)) > 1:
+        record["member_epochs"] = epochs
+    return record
+
+
 class Ensemble:
     """Lockstep training of ``trainers`` (built on one device, stackable settings)."""
 
@@ -92,10 +105,18 @@ class Ensemble:
         first = self.members[0]
         self.settings = first.settings
         self.device = first.device
-        size = len(self.members)
         check_step_kernel(step_kernel, self.device)
+        if len({m.epoch for m in self.members}) > 1:
+            raise EnsembleError(
+                "members of one stack must be at the same epoch, got "
+                + ", ".join(f"{m.settings.name}: {m.epoch}" for m in self.members)
+            )
+        record = ensemble_record(self.members, step_kernel)
         for index, member in enumerate(self.members):
-            member.ensemble = {"members": size, "index": index, "step_kernel": step_kernel}
+            # a member keeps the record of the stack it started in (the job's), not of the
+            # smaller stacks it goes on in when others have finished
+            if member.ensemble is None:
+                member.ensemble = {**record, "index": index}
             member.step_kernel = step_kernel
         net = first.net
         self.n_in = net.n_inputs
@@ -107,7 +128,10 @@ class Ensemble:
         self._stack_data()
         self._stack_learning_rates()
         self.matrix = torch.empty(
-            size, *(2 * (net.n_neurons - self.n_in,)), dtype=torch.float32, device=self.device
+            len(self.members),
+            *(2 * (net.n_neurons - self.n_in,)),
+            dtype=torch.float32,
+            device=self.device,
         )
         self.graphs = GraphedLoops() if self.device.type == "cuda" and cuda_graphs else None
         self.step_kernel = step_kernel
@@ -378,7 +402,7 @@ def run_ensemble(
     )
     _resume_together(trainers, paths, log)
     ensemble.refresh()
-    resumed = first.epoch
+    resumed = [member.epoch for member in trainers]
     if not first.history.rows:
         tick = time.perf_counter()
         initial = ensemble.evaluate()
@@ -386,21 +410,33 @@ def run_ensemble(
         for member, evaluation in zip(trainers, initial, strict=True):
             record_initial(member, evaluation, seconds, _member_log(log, member))
         _save_all(trainers, paths)
-    while first.epoch < first.settings.epochs:
+    while True:
+        going_on = [
+            (m, p) for m, p in zip(trainers, paths, strict=True) if m.epoch < m.settings.epochs
+        ]
+        if not going_on:
+            break
+        members = [member for member, _ in going_on]
+        if len(members) < len(ensemble.members):
+            log(
+                f"{len(trainers) - len(members)} member(s) finished; the other "
+                f"{len(members)} go on from epoch {members[0].epoch}"
+            )
+            ensemble = Ensemble(members, cuda_graphs=cuda_graphs, step_kernel=step_kernel)
         tick = time.perf_counter()
         trained = ensemble.train_epoch()
         evaluations = ensemble.evaluate()
         seconds = time.perf_counter() - tick
-        for member, (error, rates), evaluation in zip(trainers, trained, evaluations, strict=True):
+        for member, (error, rates), evaluation in zip(members, trained, evaluations, strict=True):
             record_epoch(member, error, rates, evaluation, seconds, _member_log(log, member))
-        _save_all(trainers, paths)
+        _save_all(members, [path for _, path in going_on])
     total = time.perf_counter() - started
     outcomes = []
-    for member, folder, checkpoint in zip(trainers, out_dirs, paths, strict=True):
+    for member, folder, checkpoint, start in zip(trainers, out_dirs, paths, resumed, strict=True):
         summary = write_trial_folder(member, Path(folder), preset, total)
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
-        outcomes.append(TrialOutcome(Path(folder), summary, resumed))
+        outcomes.append(TrialOutcome(Path(folder), summary, start))
     return outcomes
 
 
@@ -429,12 +465,18 @@ def _resume_together(
         for t, why in zip(trainers, read, strict=True)
         if isinstance(why, str)
     ]
-    epochs = {int(c[0]["epoch"]) for c in read if not isinstance(c, str)}
-    if bad or len(epochs) != 1:
-        reason = "; ".join(bad) if bad else f"members stopped at different epochs {sorted(epochs)}"
-        log(f"ignored the checkpoints ({reason}); every member starts over")
+    if not bad:
+        # in lockstep, a member is at the stack's epoch or at its own last one, if earlier
+        reached = max(int(meta["epoch"]) for meta, _ in read)
+        bad = [
+            f"{t.settings.name} p={t.settings.bypass_p}: at epoch {meta['epoch']}, not "
+            f"{min(reached, t.settings.epochs)}"
+            for t, (meta, _) in zip(trainers, read, strict=True)
+            if int(meta["epoch"]) != min(reached, t.settings.epochs)
+        ]
+    if bad:
+        log(f"ignored the checkpoints ({'; '.join(bad)}); every member starts over")
         return
-    accepted = [c for c in read if not isinstance(c, str)]
-    for member, (meta, tensors) in zip(trainers, accepted, strict=True):
+    for member, (meta, tensors) in zip(trainers, read, strict=True):
         member.restore(meta, tensors)
-    log(f"resumed every member from its checkpoint after epoch {trainers[0].epoch}")
+    log(f"resumed every member from its checkpoint after epoch {reached}")

@@ -334,7 +334,12 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
         }
         if self.ensemble is not None:
-            identity["ensemble"] = [self.ensemble["members"], self.ensemble["step_kernel"]]
+            stack = self.ensemble
+            identity["ensemble"] = [
+                stack["members"],
+                stack["step_kernel"],
+                *stack.get("member_epochs", []),
+            ]
         elif self.step_kernel != "cublas":
             identity["step_kernel"] = self.step_kernel
         blob = json.dumps(identity, sort_keys=True)

@@ -201,3 +201,83 @@ def test_mismatched_folder_and_checkpoint_counts_are_one_clear_error(paper_trial
         run_ensemble(members, [tmp_path / "x"])
     with pytest.raises(EnsembleError, match="2 trials but 3 checkpoints"):
         run_ensemble(members, [tmp_path / "x", tmp_path / "y"], checkpoints=[None] * 3)
+
+
+def test_members_with_fewer_epochs_leave_the_stack_and_the_rest_go_on(paper_trials, tmp_path):
+    """Each member trains its own epochs, its folder as its separate run's."""
+    base = paper_trials["wine_5layer_swni"].with_overrides({"free_iterations": 200})
+    members = [
+        base.with_overrides({"bypass_p": 0.0, "epochs": 1}),
+        base.with_overrides({"bypass_p": 0.2, "epochs": 3}),
+        base.with_overrides({"bypass_p": 0.5, "epochs": 2}),
+    ]
+    folders = [tmp_path / f"ens{i}" for i in range(3)]
+    lines = []
+    run_ensemble(members, folders, log=lines.append)
+    assert any("1 member(s) finished; the other 2 go on from epoch 1" in x for x in lines)
+    assert any("2 member(s) finished; the other 1 go on from epoch 2" in x for x in lines)
+    for i, settings in enumerate(members):
+        alone = run_trial(settings, tmp_path / f"alone{i}", layout="dense", log=lambda _: None)
+        summary, metrics = _folder_contents(folders[i])
+        assert summary["epochs_run"] == settings.epochs
+        assert summary["ensemble"] == {
+            "members": 3,
+            "index": i,
+            "step_kernel": "cublas",
+            "member_epochs": [1, 2, 3],
+        }
+        separate = records.read_metrics(alone.folder)
+        for key in ("train_error", "test_error"):
+            np.testing.assert_array_equal(metrics[key], separate[key])
+
+
+def test_an_ensemble_interrupted_after_a_member_left_resumes_to_the_same_outputs(
+    paper_trials, tmp_path
+):
+    base = paper_trials["wine_5layer_swni"].with_overrides({"free_iterations": 100})
+    members = [
+        base.with_overrides({"bypass_p": 0.0, "epochs": 1}),
+        base.with_overrides({"bypass_p": 0.2, "epochs": 3}),
+    ]
+    checkpoints = [tmp_path / f"ck{i}.safetensors" for i in range(2)]
+    folders = [tmp_path / "a0", tmp_path / "a1"]
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_epoch_3(line):
+        if "epoch 3:" in line:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_ensemble(members, folders, checkpoints=checkpoints, log=stop_at_epoch_3)
+    lines = []
+    outcomes = run_ensemble(members, folders, checkpoints=checkpoints, log=lines.append)
+    assert any("resumed every member from its checkpoint after epoch 2" in x for x in lines)
+    assert [o.resumed_from for o in outcomes] == [1, 2]
+    run_ensemble(members, [tmp_path / "b0", tmp_path / "b1"], log=lambda _: None)
+    for i in range(2):
+        resumed = records.read_metrics(tmp_path / f"a{i}")
+        straight = records.read_metrics(tmp_path / f"b{i}")
+        for key in ("train_error", "test_error"):
+            np.testing.assert_array_equal(resumed[key], straight[key])
+
+
+def test_checkpoints_out_of_lockstep_restart_every_member(paper_trials, tmp_path):
+    base = paper_trials["wine_5layer_swni"].with_overrides({"free_iterations": 50})
+    members = [
+        base.with_overrides({"bypass_p": 0.0, "epochs": 1}),
+        base.with_overrides({"bypass_p": 0.2, "epochs": 2}),
+    ]
+    checkpoints = [tmp_path / f"ck{i}.safetensors" for i in range(2)]
+    record = {"members": 2, "step_kernel": "cublas", "member_epochs": [1, 2]}
+    for index, (settings, path) in enumerate(zip(members, checkpoints, strict=True)):
+        lone = Trainer(settings, layout="dense")
+        lone.ensemble = {**record, "index": index}
+        lone.epoch = 1 - index  # the short member at 1, the long one still at 0: not lockstep
+        lone.save_checkpoint(path)
+    lines = []
+    run_ensemble(
+        members, [tmp_path / "m0", tmp_path / "m1"], checkpoints=checkpoints, log=lines.append
+    )
+    assert any("at epoch 0, not 1" in x and "every member starts over" in x for x in lines)

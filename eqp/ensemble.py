@@ -29,6 +29,7 @@ from .dynamics import check_step_kernel
 from .graphs import GraphedLoops
 from .network import rho
 from .settings import TrialSettings
+from .stacking import EnsembleError, check_stackable
 from .trainer import (
     Evaluation,
     Trainer,
@@ -39,48 +40,6 @@ from .trainer import (
     record_initial,
     write_trial_folder,
 )
-
-# Settings that every member must share: they fix the stacked shapes and the step loops.
-# Epochs may differ: a member leaves the stack when its last epoch is done.
-SHARED_SETTINGS = (
-    "layer_sizes",
-    "batch_size",
-    "epsilon",
-    "free_iterations",
-    "weakly_clamped_iterations",
-    "device",
-    "settle",
-)
-
-
-class EnsembleError(ValueError):
-    """The trials asked for cannot be trained as one stack."""
-
-
-def check_stackable(settings_list: Sequence[TrialSettings]) -> None:
-    """One clear error naming the first setting in which the members differ."""
-    if not settings_list:
-        raise EnsembleError("an ensemble needs at least one trial")
-    first = settings_list[0]
-    for other in settings_list[1:]:
-        for key in SHARED_SETTINGS:
-            if getattr(other, key) != getattr(first, key):
-                raise EnsembleError(
-                    f"trials {first.name!r} and {other.name!r} differ in {key} "
-                    f"({getattr(first, key)!r} vs {getattr(other, key)!r}); an ensemble stacks "
-                    f"only trials that share {', '.join(SHARED_SETTINGS)}: train them separately"
-                )
-        if other.batch_counts() != first.batch_counts():
-            raise EnsembleError(
-                f"trials {first.name!r} and {other.name!r} have different numbers of batches "
-                f"({first.batch_counts()} vs {other.batch_counts()}); give them the same "
-                "train_examples and test_examples"
-            )
-    if first.settle != "euler":
-        raise EnsembleError(
-            f"an ensemble runs the faithful Euler phases only, not settle: {first.settle}; "
-            "use settle: euler or train the trials separately"
-        )
 
 
 def ensemble_record(members: Sequence[Trainer], step_kernel: str) -> dict[str, Any]:

@@ -11,7 +11,9 @@ tests import without Snakemake:
 * the settings of one job as a plain dict, handed to the rule as ``params`` so that Snakemake
   reruns exactly the jobs whose settings changed;
 * whether the sweep is trained as ensembles (``sweep.ensemble``: one job per seed that trains
-  every point in lockstep, :mod:`eqp.ensemble`) or one job per point;
+  every point in lockstep, :mod:`eqp.ensemble`) or one job per point, and which named trials
+  are stacked the same way (``trial_ensembles``: one job per group of stackable trials and
+  seed);
 * the resources of a training job (memory, wall time, a GPU when the device is CUDA);
 * the thin entry points that the ``scripts/`` call (train, train an ensemble, draw a figure,
   write Table 1).
@@ -40,6 +42,7 @@ from .settings import (
     trials_from_config,
     with_seed,
 )
+from .stacking import EnsembleError, check_stackable
 
 # Data sets fetched into ``data_dir`` (torchvision layout); the others ship with scikit-learn.
 DOWNLOADED = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
@@ -186,6 +189,9 @@ class Plan:
     sweep_overrides: Mapping[str, Any]
     # One job per seed trains every sweep point as one ensemble (sweep.ensemble, resolved).
     sweep_ensemble: bool = False
+    # Named trials trained as one ensemble per seed (trial_ensembles, resolved): group name
+    # (its first trial) -> its trials, in config order; only groups of two or more.
+    trial_groups: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     # -- construction -------------------------------------------------------------------
 
@@ -235,7 +241,8 @@ class Plan:
             for label in labels:
                 plan.sweep_settings(label, seed)
         ensemble = plan.resolve_ensemble(sweep.get("ensemble", "auto"))
-        return dataclasses.replace(plan, sweep_ensemble=ensemble)
+        groups = plan.resolve_trial_groups(config.get("trial_ensembles", "auto"))
+        return dataclasses.replace(plan, sweep_ensemble=ensemble, trial_groups=groups)
 
     def ensemble_obstacle(self) -> str | None:
         """Why the sweep points cannot be trained as one ensemble; None when they can.
@@ -271,6 +278,27 @@ class Plan:
                 f"sweep.ensemble is true, but {obstacle} (or set sweep.ensemble: auto or false)"
             )
         return True
+
+    def resolve_trial_groups(self, choice: Any) -> dict[str, tuple[str, ...]]:
+        """``trial_ensembles`` as groups of named trials: auto stacks on a CUDA device, true
+        on any; a trial that stacks with no other (another shape, ``settle: sor``) trains
+        alone either way."""
+        if not (isinstance(choice, bool) or choice == "auto"):
+            raise PipelineError(f"trial_ensembles must be auto, true or false, got {choice!r}")
+        if choice is False or (choice == "auto" and not self.uses_gpu):
+            return {}
+        if self.engine != "fast":
+            if choice is True:
+                raise PipelineError(
+                    f"trial_ensembles is true, but engine is '{self.engine}' (the reference "
+                    "dynamics), which an ensemble does not use; set engine: fast (or "
+                    "trial_ensembles: auto or false)"
+                )
+            return {}
+        return stack_groups(
+            {n: self.trial_settings(n, self.seeds[0]) for n in self.trials},
+            key=lambda s: self.data_root(s),
+        )
 
     # -- settings -----------------------------------------------------------------------
 
@@ -314,6 +342,10 @@ class Plan:
     def ensemble_params(self, seed: int) -> list[dict[str, Any]]:
         """The job params of every sweep point of one seed, the members of its ensemble."""
         return [self.sweep_params(label, seed) for label in self.sweep_points]
+
+    def trial_group_params(self, group: str, seed: int | str) -> list[dict[str, Any]]:
+        """The job params of the trials of one group (trial_ensembles) and seed."""
+        return [self.trial_params(name, int(seed)) for name in self.trial_groups[group]]
 
     # -- names and paths ----------------------------------------------------------------
 
@@ -363,6 +395,33 @@ class Plan:
 
     def ensemble_checkpoints(self, seed: int) -> list[str]:
         return [self.sweep_checkpoint(p, seed) for p in self.sweep_points]
+
+    @property
+    def solo_trials(self) -> list[str]:
+        """The named trials that train_trial trains (one job each): those in no group."""
+        grouped = {name for names in self.trial_groups.values() for name in names}
+        return [name for name in self.trials if name not in grouped]
+
+    def trial_group_outputs(self, group: str, seed: int | str) -> list[str]:
+        """Every file of every trial folder of one group (``"{seed}"`` gives the pattern)."""
+        return [f for name in self.trial_groups[group] for f in self.trial_outputs(name, seed)]
+
+    def trial_group_folders(self, group: str, seed: int | str) -> list[str]:
+        return [self.trial_folder(name, seed) for name in self.trial_groups[group]]
+
+    def trial_group_checkpoints(self, group: str, seed: int | str) -> list[str]:
+        return [self.trial_checkpoint(name, seed) for name in self.trial_groups[group]]
+
+    def trial_group_settings(self, group: str, seed: int | str) -> list[TrialSettings]:
+        return [self.trial_settings(name, int(seed)) for name in self.trial_groups[group]]
+
+    def trial_group_data_inputs(self, group: str, seed: int | str) -> list[str]:
+        """The fetch rule's outputs the group's job waits for (MNIST and Fashion-MNIST, say)."""
+        inputs = [f for s in self.trial_group_settings(group, seed) for f in self.data_inputs(s)]
+        return list(dict.fromkeys(inputs))
+
+    def trial_group_data_root(self, group: str, seed: int | str) -> str | None:
+        return self.data_root(self.trial_group_settings(group, seed)[0])
 
     def all_trial_outputs(self) -> list[str]:
         return [f for t in self.trials for s in self.seeds for f in self.trial_outputs(t, s)]
@@ -443,6 +502,33 @@ class Plan:
     def ensemble_resources(self, seed: int) -> dict[str, int]:
         members = [self.sweep_settings(label, seed) for label in self.sweep_points]
         return estimate_ensemble_resources(members, self.eval_chunk)
+
+    def trial_group_resources(self, group: str, seed: int | str) -> dict[str, int]:
+        members = self.trial_group_settings(group, seed)
+        return estimate_ensemble_resources(members, self.eval_chunk)
+
+
+def stack_groups(
+    trials: Mapping[str, TrialSettings], key: Callable[[TrialSettings], Any] = lambda s: None
+) -> dict[str, tuple[str, ...]]:
+    """The named trials that can train as one ensemble (:func:`eqp.ensemble.check_stackable`,
+    and the same ``key``), in config order: group name (its first trial) -> trials. Trials
+    that stack with no other are left out."""
+    groups: dict[str, list[str]] = {}
+    for name, settings in trials.items():
+        for members in groups.values():
+            first = trials[members[0]]
+            if key(first) != key(settings):
+                continue
+            try:
+                check_stackable([first, settings])
+            except EnsembleError:
+                continue
+            members.append(name)
+            break
+        else:
+            groups[name] = [name]
+    return {group: tuple(names) for group, names in groups.items() if len(names) > 1}
 
 
 def connections(settings: TrialSettings) -> int:
@@ -525,6 +611,7 @@ def estimate_ensemble_seconds(members: Sequence[TrialSettings], eval_chunk: int 
     single-threaded fused-kernel runs one after another, by ENSEMBLE_CPU_SLOWDOWN.
     """
     first = _first_member(members)
+    longest = max(members, key=lambda m: m.epochs)  # all members counted until it ends
     overhead = JOB_OVERHEAD_S + ENSEMBLE_MEMBER_OVERHEAD_S * len(members)
     if not first.device.startswith("cuda"):
         cpu = sum(_cpu_training_seconds(m, eval_chunk, 1) for m in members)
@@ -537,7 +624,7 @@ def estimate_ensemble_seconds(members: Sequence[TrialSettings], eval_chunk: int 
         return GPU_SECONDS_PER_STEP + count * rows * hidden**2 * GPU_SECONDS_PER_ENTRY_EXAMPLE
 
     update = GPU_SECONDS_PER_UPDATE + count * sum(sizes) * hidden * GPU_SECONDS_PER_UPDATE_ENTRY
-    return _training_seconds(first, eval_chunk, step, update) + overhead
+    return _training_seconds(longest, eval_chunk, step, update) + overhead
 
 
 def _memory_bytes(settings: TrialSettings) -> tuple[float, float]:
@@ -602,7 +689,8 @@ def estimate_resources(
 def estimate_ensemble_resources(
     members: Sequence[TrialSettings], eval_chunk: int = 50
 ) -> dict[str, int]:
-    """``mem_mb`` and ``runtime`` (minutes) of one ensemble job (train_sweep_ensemble).
+    """``mem_mb`` and ``runtime`` (minutes) of one ensemble job (train_sweep_ensemble,
+    train_trial_ensemble_<group>).
 
     Override with ``--set-resources train_sweep_ensemble:runtime=...``.
     """
@@ -737,7 +825,7 @@ def train_ensemble(
             f"an ensemble needs one folder and one checkpoint per member: {len(members)} "
             f"member(s), {len(out_dirs)} folder(s), {len(checkpoints)} checkpoint(s)"
         )
-    from .ensemble import EnsembleError, run_ensemble
+    from .ensemble import run_ensemble
 
     settings = [trial_from_dict(job["name"], job["settings"]) for job in members]
     first = members[0]
@@ -762,7 +850,7 @@ def train_ensemble(
             print(f"error: {exc}")
     raise SystemExit(
         f"error: the members cannot be trained as one ensemble: {failure} "
-        "(set sweep.ensemble: false to train one job per point)"
+        "(set sweep.ensemble: false, or trial_ensembles: false, to train one job per folder)"
     )
 
 

@@ -32,8 +32,10 @@ from workflow_helpers import (
     SNAKEFILE,
     SNAKEMAKE,
     copy_workflow,
+    dry_counts,
     job_counts,
     pipeline_results,
+    probe_benchmark_files,
     run_snakemake,
     write_config,
 )
@@ -58,16 +60,6 @@ RULES = (
     "runs_index",
     "job_benchmarks",
 )
-
-
-def dry_counts(tmp_path: Path, *args: str, targets: tuple[str, ...] = ()) -> dict[str, int]:
-    # targets first: --quiet and --configfile take several values and would swallow them
-    proc = run_snakemake(*targets, "-n", "--quiet", "rules", *args, cwd=tmp_path)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output
-    counts = job_counts(output)
-    assert counts, output
-    return counts
 
 
 def default_config() -> dict[str, Any]:
@@ -619,18 +611,6 @@ def test_ensemble_job_writes_every_folder_of_its_seed_and_asks_for_a_gpu_on_cuda
     assert "gpu=1" in resources, resources
     assert f"mem_mb={plan.ensemble_resources(0)['mem_mb']}," in resources, resources
     assert f"runtime={plan.ensemble_resources(0)['runtime']}," in resources, resources
-
-
-def probe_benchmark_files(tmp_path: Path, configfile: str) -> dict[str, list[str]]:
-    """The benchmark files job_benchmarks reads (rules/common.smk), printed by a probe."""
-    probe = tmp_path / "ProbeBenchmarks.smk"
-    probe.write_text(
-        f"include: {str(SNAKEFILE)!r}\nimport json\nprint('PROBE', json.dumps(benchmark_files()))\n"
-    )
-    proc = run_snakemake("-n", "--configfile", configfile, cwd=tmp_path, snakefile=probe)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output
-    return json.loads(output.split("PROBE ", 1)[1].splitlines()[0])
 
 
 def test_jobs_table_reads_the_benchmarks_of_whichever_sweep_rule_runs(tmp_path: Path) -> None:

@@ -47,6 +47,28 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
+def dry_counts(tmp_path: Path, *args: str, targets: tuple[str, ...] = ()) -> dict[str, int]:
+    # targets first: --quiet and --configfile take several values and would swallow them
+    proc = run_snakemake(*targets, "-n", "--quiet", "rules", *args, cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    counts = job_counts(output)
+    assert counts, output
+    return counts
+
+
+def probe_benchmark_files(tmp_path: Path, configfile: str) -> dict[str, list[str]]:
+    """The benchmark files job_benchmarks reads (rules/common.smk), printed by a probe."""
+    probe = tmp_path / "ProbeBenchmarks.smk"
+    probe.write_text(
+        f"include: {str(SNAKEFILE)!r}\nimport json\nprint('PROBE', json.dumps(benchmark_files()))\n"
+    )
+    proc = run_snakemake("-n", "--configfile", configfile, cwd=tmp_path, snakefile=probe)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    return json.loads(output.split("PROBE ", 1)[1].splitlines()[0])
+
+
 def write_config(path: Path, config: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

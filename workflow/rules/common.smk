@@ -21,6 +21,17 @@ def folder_outputs(folder):
     return {key: f"{folder}/{name}" for key, name in FOLDER_KEYS.items()}
 
 
+def of_group(method, group, key=None):
+    """A rule function giving ``method(group, seed)`` (its ``key`` entry, if given) for a
+    trial group's rule, which is defined in a loop (the group is fixed, the seed a wildcard)."""
+
+    def function(wildcards):
+        value = method(group, wildcards.seed)
+        return value if key is None else value[key]
+
+    return function
+
+
 # What the last jobs make from the run folders; results/jobs.tsv is built after these.
 SUMMARIES = [
     *expand("figures/{figure}.{ext}", figure=pipeline.FIGURES, ext=("pdf", "png")),
@@ -47,7 +58,7 @@ def benchmark_files():
     """The benchmark file of every job of the default target, by rule (rules' own patterns).
 
     The sweep's jobs are train_sweep_ensemble's or train_sweep_point's, whichever rule the
-    config defines. Called by the last rule (rules/runs.smk), once every other rule exists.
+    config defines; the named trials' are train_trial's and train_trial_ensemble_<group>'s. Called by the last rule (rules/runs.smk), once every other rule exists.
     """
     if PLAN.sweep_ensemble:
         sweep = {
@@ -59,9 +70,17 @@ def benchmark_files():
                 rules.train_sweep_point.benchmark, p=PLAN.sweep_labels, seed=PLAN.seeds
             )
         }
+    trials = {}
+    if PLAN.solo_trials:
+        trials["train_trial"] = expand(
+            rules.train_trial.benchmark, trial=PLAN.solo_trials, seed=PLAN.seeds
+        )
+    for group in PLAN.trial_groups:
+        name = f"train_trial_ensemble_{group}"
+        trials[name] = expand(getattr(rules, name).benchmark, seed=PLAN.seeds)
     files = {
         "fetch_dataset": expand(rules.fetch_dataset.benchmark, folder=PLAN.fetched_folders()),
-        "train_trial": expand(rules.train_trial.benchmark, trial=PLAN.trial_names, seed=PLAN.seeds),
+        **trials,
         **sweep,
         "figure": expand(rules.figure.benchmark, figure=pipeline.FIGURES),
         "table1": [rules.table1.benchmark],

@@ -30,7 +30,7 @@ if PLAN.sweep_ensemble:
             ),
             checkpoints=lambda wildcards: PLAN.ensemble_checkpoints(wildcards.seed),
         script:
-            "../../scripts/train_sweep_ensemble.py"
+            "../../scripts/train_ensemble.py"
 
 else:
 

@@ -1,5 +1,5 @@
-"""Snakemake script of train_sweep_ensemble: every sweep point of one seed as one ensemble
-(eqp.pipeline.train_ensemble)."""
+"""Snakemake script of train_sweep_ensemble and train_trial_ensemble_<group>: the members of
+one ensemble trained in lockstep (eqp.pipeline.train_ensemble)."""
 
 from eqp.pipeline import train_ensemble
 

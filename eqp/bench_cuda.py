@@ -26,6 +26,7 @@ import torch
 from .data import synthetic_dataset
 from .ensemble import Ensemble
 from .settings import TrialSettings
+from .stacking import stack_groups
 from .trainer import Trainer
 
 CUDA_TRIALS = ("mnist_5layer_swni", "mnist_3layer_mlff")
@@ -232,9 +233,10 @@ def project_paper_hours(
         cpu_seconds(s) for s in paper.values() if s.dataset not in ("mnist", "fashion_mnist")
     )
     seeds = sorted({s.seed for s in sweep})
-    shapes: dict[int, list[TrialSettings]] = {}
-    for s in image:
-        shapes.setdefault(_hidden_layers(s), []).append(s)
+    # the named trials stacked as the pipeline stacks them (trial_ensembles)
+    stacks = stack_groups({s.name: s for s in image})
+    groups = [[paper[n] for n in names] for names in stacks.values()]
+    alone = [s for s in image if not any(s in group for group in groups)]
     points = len(sweep) // max(1, len(seeds))
     seconds = {
         "as-it-stands, one trial at a time": small
@@ -251,7 +253,10 @@ def project_paper_hours(
             small + sum(seconds_alone(s, kernel, True) for s in image) + sweep_stacked
         )
         seconds[f"{label}, the named trials of each shape stacked too"] = (
-            small + sweep_stacked + sum(seconds_stacked(g, kernel) for g in shapes.values())
+            small
+            + sweep_stacked
+            + sum(seconds_stacked(g, kernel) for g in groups)
+            + sum(seconds_alone(s, kernel, True) for s in alone)
         )
     return {name: value / 3600 for name, value in seconds.items()}
 

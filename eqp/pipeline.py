@@ -42,7 +42,7 @@ from .settings import (
     trials_from_config,
     with_seed,
 )
-from .stacking import EnsembleError, check_stackable
+from .stacking import stack_groups
 
 # Data sets fetched into ``data_dir`` (torchvision layout); the others ship with scikit-learn.
 DOWNLOADED = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
@@ -508,29 +508,6 @@ class Plan:
         return estimate_ensemble_resources(members, self.eval_chunk)
 
 
-def stack_groups(
-    trials: Mapping[str, TrialSettings], key: Callable[[TrialSettings], Any] = lambda s: None
-) -> dict[str, tuple[str, ...]]:
-    """The named trials that can train as one ensemble (:func:`eqp.ensemble.check_stackable`,
-    and the same ``key``), in config order: group name (its first trial) -> trials. Trials
-    that stack with no other are left out."""
-    groups: dict[str, list[str]] = {}
-    for name, settings in trials.items():
-        for members in groups.values():
-            first = trials[members[0]]
-            if key(first) != key(settings):
-                continue
-            try:
-                check_stackable([first, settings])
-            except EnsembleError:
-                continue
-            members.append(name)
-            break
-        else:
-            groups[name] = [name]
-    return {group: tuple(names) for group, names in groups.items() if len(names) > 1}
-
-
 def connections(settings: TrialSettings) -> int:
     """Connections of the network (rewiring moves connections; it does not add any)."""
     sizes = settings.layer_sizes
@@ -825,7 +802,7 @@ def train_ensemble(
             f"an ensemble needs one folder and one checkpoint per member: {len(members)} "
             f"member(s), {len(out_dirs)} folder(s), {len(checkpoints)} checkpoint(s)"
         )
-    from .ensemble import run_ensemble
+    from .ensemble import EnsembleError, run_ensemble
 
     settings = [trial_from_dict(job["name"], job["settings"]) for job in members]
     first = members[0]

@@ -3,7 +3,8 @@ the pipeline groups named trials with it while it builds the DAG."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from .settings import TrialSettings
 
@@ -48,3 +49,26 @@ def check_stackable(settings_list: Sequence[TrialSettings]) -> None:
             f"an ensemble runs the faithful Euler phases only, not settle: {first.settle}; "
             "use settle: euler or train the trials separately"
         )
+
+
+def stack_groups(
+    trials: Mapping[str, TrialSettings], key: Callable[[TrialSettings], Any] = lambda s: None
+) -> dict[str, tuple[str, ...]]:
+    """The named trials that can train as one ensemble (:func:`eqp.ensemble.check_stackable`,
+    and the same ``key``), in config order: group name (its first trial) -> trials. Trials
+    that stack with no other are left out."""
+    groups: dict[str, list[str]] = {}
+    for name, settings in trials.items():
+        for members in groups.values():
+            first = trials[members[0]]
+            if key(first) != key(settings):
+                continue
+            try:
+                check_stackable([first, settings])
+            except EnsembleError:
+                continue
+            members.append(name)
+            break
+        else:
+            groups[name] = [name]
+    return {group: tuple(names) for group, names in groups.items() if len(names) > 1}

@@ -119,6 +119,30 @@ def test_members_that_cannot_be_stacked_are_refused_by_name(paper_trials):
         check_stackable([])
 
 
+class Interrupt(Exception):
+    """A kill in the middle of a run, raised from its log."""
+
+
+def interrupt_at(text):
+    """A log function that raises Interrupt at the first line holding ``text``."""
+
+    def log(line):
+        if text in line:
+            raise Interrupt
+
+    return log
+
+
+def _assert_resumed_equals_uninterrupted(members, tmp_path):
+    """The resumed folders a0, a1... hold the errors of an uninterrupted run (b0, b1...)."""
+    straight = [tmp_path / f"b{i}" for i in range(len(members))]
+    run_ensemble(members, straight, log=lambda _: None)
+    for i, folder in enumerate(straight):
+        resumed = records.read_metrics(tmp_path / f"a{i}")
+        for key in ("train_error", "test_error"):
+            np.testing.assert_array_equal(resumed[key], records.read_metrics(folder)[key])
+
+
 def _folder_contents(folder):
     summary = json.loads((folder / "summary.json").read_text())
     metrics = records.read_metrics(folder)
@@ -148,19 +172,12 @@ def test_an_interrupted_ensemble_resumes_to_the_uninterrupted_outputs(paper_tria
     members = [base.with_overrides({"bypass_p": p}) for p in (0.0, 0.2)]
     checkpoints = [tmp_path / f"ck{i}.safetensors" for i in range(2)]
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_epoch_2(line):
-        if "epoch 2:" in line:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
         run_ensemble(
             members,
             [tmp_path / "a0", tmp_path / "a1"],
             checkpoints=checkpoints,
-            log=stop_at_epoch_2,
+            log=interrupt_at("epoch 2:"),
         )
     assert all(c.exists() for c in checkpoints)
     lines = []
@@ -169,12 +186,7 @@ def test_an_interrupted_ensemble_resumes_to_the_uninterrupted_outputs(paper_tria
     )
     assert any("resumed every member from its checkpoint after epoch 1" in line for line in lines)
     assert not any(c.exists() for c in checkpoints)
-    run_ensemble(members, [tmp_path / "b0", tmp_path / "b1"], log=lambda _: None)
-    for i in range(2):
-        resumed = records.read_metrics(tmp_path / f"a{i}")
-        straight = records.read_metrics(tmp_path / f"b{i}")
-        for key in ("train_error", "test_error"):
-            np.testing.assert_array_equal(resumed[key], straight[key])
+    _assert_resumed_equals_uninterrupted(members, tmp_path)
 
 
 def test_a_checkpoint_of_one_member_only_restarts_every_member(paper_trials, tmp_path):
@@ -242,25 +254,13 @@ def test_an_ensemble_interrupted_after_a_member_left_resumes_to_the_same_outputs
     checkpoints = [tmp_path / f"ck{i}.safetensors" for i in range(2)]
     folders = [tmp_path / "a0", tmp_path / "a1"]
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_epoch_3(line):
-        if "epoch 3:" in line:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
-        run_ensemble(members, folders, checkpoints=checkpoints, log=stop_at_epoch_3)
+        run_ensemble(members, folders, checkpoints=checkpoints, log=interrupt_at("epoch 3:"))
     lines = []
     outcomes = run_ensemble(members, folders, checkpoints=checkpoints, log=lines.append)
     assert any("resumed every member from its checkpoint after epoch 2" in x for x in lines)
     assert [o.resumed_from for o in outcomes] == [1, 2]
-    run_ensemble(members, [tmp_path / "b0", tmp_path / "b1"], log=lambda _: None)
-    for i in range(2):
-        resumed = records.read_metrics(tmp_path / f"a{i}")
-        straight = records.read_metrics(tmp_path / f"b{i}")
-        for key in ("train_error", "test_error"):
-            np.testing.assert_array_equal(resumed[key], straight[key])
+    _assert_resumed_equals_uninterrupted(members, tmp_path)
 
 
 def test_checkpoints_out_of_lockstep_restart_every_member(paper_trials, tmp_path):

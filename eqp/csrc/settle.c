@@ -195,6 +195,22 @@ static int row_threads(const struct eqp_plan *p, const struct tiles *t, int thre
     return threads < useful ? threads : (int)useful;
 }
 
+/* Threads a call uses, at most `threads` (one without OpenMP), and how: whole strips per
+ * thread (*by_strips), or the rows of each strip split across them. */
+static int team_size(const struct eqp_plan *p, const struct tiles *t, int threads, int *by_strips)
+{
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads < 1) threads = 1;
+#ifndef _OPENMP
+    threads = 1; /* built without OpenMP: one thread, whatever was asked */
+#endif
+    *by_strips = 1;
+    if (p->strips >= threads) return threads;
+    const int nt = row_threads(p, t, threads);
+    *by_strips = nt == 1;
+    return *by_strips ? p->strips : nt;
+}
+
 /* Wait for the whole team (an orphaned barrier: it binds to the caller's parallel region). */
 static void barrier(void)
 {
@@ -342,21 +358,10 @@ int eqp_settle(const struct eqp_plan *p, int steps, float *s, float *buf, const 
     struct tiles t;
     if (make_tiles(p, &t)) return -1;
     int32_t bound[MAX_THREADS + 1];
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads < 1) threads = 1;
-#ifndef _OPENMP
-    threads = 1; /* built without OpenMP: one thread, whatever was asked */
-#endif
     struct euler_job job = {p, &t, steps, s, buf, drive, target, keep, pull, first_output,
                             0, bound};
-    int nt = threads;
-    job.by_strips = 1;
-    if (p->strips < threads) {
-        nt = row_threads(p, &t, threads);
-        job.by_strips = nt == 1;
-        if (job.by_strips) nt = p->strips;
-        else split_tiles(&t, 0, t.n, nt, bound);
-    }
+    const int nt = team_size(p, &t, threads, &job.by_strips);
+    if (!job.by_strips) split_tiles(&t, 0, t.n, nt, bound);
     const euler_worker worker = pick_euler_worker();
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -378,17 +383,8 @@ int eqp_converge(const struct eqp_plan *p, const struct eqp_converge_args *a, fl
 {
     struct tiles t;
     if (make_tiles(p, &t)) return -1;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads < 1) threads = 1;
-#ifndef _OPENMP
-    threads = 1; /* built without OpenMP: one thread, whatever was asked */
-#endif
-    int nt = threads, by_strips = 1;
-    if (p->strips < threads) {
-        nt = row_threads(p, &t, threads);
-        by_strips = nt == 1;
-        if (by_strips) nt = p->strips;
-    }
+    int by_strips;
+    const int nt = team_size(p, &t, threads, &by_strips);
     int32_t *bound = malloc(sizeof(int32_t) * (size_t)p->n_segments * (nt + 1));
     float *res = malloc(sizeof(float) * (size_t)nt * RES_STRIDE);
     const size_t strip = (size_t)p->hidden * p->width;

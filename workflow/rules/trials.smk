@@ -10,9 +10,7 @@ if PLAN.solo_trials:
 
     rule train_trial:
         input:
-            lambda wildcards: PLAN.data_inputs(
-                PLAN.trial_settings(wildcards.trial, wildcards.seed)
-            ),
+            lambda wildcards: PLAN.data_inputs(PLAN.trial_settings(wildcards.trial, wildcards.seed)),
         output:
             **folder_outputs(f"{RESULTS}/trials/{{trial}}/seed{{seed}}"),
         log:
@@ -24,9 +22,7 @@ if PLAN.solo_trials:
         threads: PLAN.threads_per_job
         resources:
             **PLAN.gpu_resources(),
-            mem_mb=lambda wildcards: PLAN.trial_resources(wildcards.trial, wildcards.seed)[
-                "mem_mb"
-            ],
+            mem_mb=lambda wildcards: PLAN.trial_resources(wildcards.trial, wildcards.seed)["mem_mb"],
             runtime=lambda wildcards: PLAN.trial_resources(wildcards.trial, wildcards.seed)[
                 "runtime"
             ],

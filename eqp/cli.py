@@ -259,6 +259,7 @@ def _bench(args: argparse.Namespace) -> int:
             raise SettingsError(f"{option} = {value} is invalid; use {minimum} or more")
     if args.device and args.device.startswith("cuda") and not args.settle:
         return _bench_cuda(args, config)
+    print(f"fused CPU kernel: {_kernel_description()}")
     if args.settle or len(threads) > 1:
         settles = list(dict.fromkeys(args.settle or ["euler"]))
         for settings in chosen:
@@ -276,6 +277,17 @@ def _bench(args: argparse.Namespace) -> int:
         chosen, args.engine or ("dense", "fast"), args.batches, threads[0], layout=args.layout
     )
     return 0
+
+
+def _kernel_description() -> str:
+    """The fused kernel's build, as a benchmark's first line says it: numbers depend on it."""
+    from . import native
+
+    reason = native.unavailable_reason()
+    if reason:
+        return f"not used ({reason})"
+    threads = "OpenMP" if native.multithreaded() else "one thread (built without OpenMP)"
+    return f"{native.instruction_set()} arithmetic, {threads}"
 
 
 def _bench_cuda(args: argparse.Namespace, config: dict) -> int:

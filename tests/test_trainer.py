@@ -247,6 +247,12 @@ def test_cli_bench_prints_seconds_per_batch_for_each_engine():
     assert len(lines) == 2
     assert "engine=dense" in lines[0] and "engine=fast" in lines[1]
     assert "speedup(dense/fast)=" in result.stdout
+    from eqp import native
+
+    built = native.unavailable_reason() is None
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("fused CPU kernel: ")
+    assert (f"{native.instruction_set()} arithmetic" in first) if built else ("not used" in first)
 
 
 def test_cli_bench_times_settle_methods_and_thread_counts_from_one_warm_state():

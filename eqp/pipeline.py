@@ -297,7 +297,7 @@ class Plan:
             return {}
         return stack_groups(
             {n: self.trial_settings(n, self.seeds[0]) for n in self.trials},
-            key=lambda s: self.data_root(s),
+            key=self.data_root,
         )
 
     # -- settings -----------------------------------------------------------------------

@@ -54,7 +54,7 @@ def check_stackable(settings_list: Sequence[TrialSettings]) -> None:
 def stack_groups(
     trials: Mapping[str, TrialSettings], key: Callable[[TrialSettings], Any] = lambda s: None
 ) -> dict[str, tuple[str, ...]]:
-    """The named trials that can train as one ensemble (:func:`eqp.ensemble.check_stackable`,
+    """The named trials that can train as one ensemble (:func:`check_stackable`,
     and the same ``key``), in config order: group name (its first trial) -> trials. Trials
     that stack with no other are left out."""
     groups: dict[str, list[str]] = {}

@@ -192,6 +192,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     runs.add_argument("results_dir", nargs="?", default="results", metavar="RESULTS_DIR")
     runs.add_argument("--tsv", action="store_true", help="print TSV (as results/runs.tsv)")
+    runs.add_argument(
+        "--logs",
+        metavar="DIR",
+        help="the pipeline's log folder, read for unfinished jobs (default: logs beside "
+        "RESULTS_DIR)",
+    )
+
+    snapshot = commands.add_parser(
+        "snapshot",
+        help="copy a run's folders so far, small, and draw its figures and Table 1",
+        description="For every trial and sweep point of CONFIG: the finished folder, else "
+        "the epochs its checkpoint holds so far (a trial still running is shown at the "
+        "epoch it reached, beside the published run at that epoch). Writes small copies of "
+        "the folders to OUT/results, Figures 2-5 (Figure 5 once its trials have finished) "
+        "and Table 1 (the trials that have an epoch) to OUT. The pipeline's own outputs "
+        "are not touched.",
+    )
+    snapshot.add_argument("config", help="the pipeline config the run uses")
+    snapshot.add_argument(
+        "--out", default="figures/so-far", help="where to write (default figures/so-far)"
+    )
 
     doc = commands.add_parser(
         "config-doc",
@@ -345,10 +366,47 @@ def _trials(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
+    from .progress import progress_table
+    from .records import RecordError
     from .runs import display_text, find_run_folders, runs_table, tsv_text
 
-    table = runs_table(find_run_folders(args.results_dir), base=args.results_dir)
-    print(tsv_text(table) if args.tsv else display_text(table), end="" if args.tsv else "\n")
+    unfinished = progress_table(args.results_dir, args.logs)
+    try:
+        table = runs_table(find_run_folders(args.results_dir), base=args.results_dir)
+    except RecordError:
+        if unfinished.empty:
+            raise
+        table = None
+    if args.tsv:
+        if table is not None:
+            print(tsv_text(table), end="")
+        if not unfinished.empty:
+            print(f"# unfinished\n{tsv_text(unfinished)}", end="")
+        return 0
+    if table is not None:
+        print(display_text(table))
+    if not unfinished.empty:
+        left = unfinished["hours_left"].sum(min_count=1)
+        total = "" if left != left else f"; {left:.1f} job-hours left at their own pace"
+        print(f"\nUnfinished ({len(unfinished)}, from checkpoints and logs{total}):")
+        print(display_text(unfinished))
+    return 0
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    from .pipeline import Plan
+    from .snapshot import take_snapshot
+
+    config_path = Path(args.config)
+    plan = Plan.from_config(load_yaml(config_path), base_dir=config_path.resolve().parent.parent)
+    done = take_snapshot(plan, args.out)
+    print(
+        f"{len(done['folders'])} folder(s) copied to {Path(args.out) / 'results'}, "
+        f"{len(done['partial'])} of them unfinished (shown at the epoch they reached)"
+    )
+    for figure, what in done["figures"].items():
+        print(f"{figure}: {what}")
+    print(f"Table 1: {Path(args.out) / 'table1.md'}")
     return 0
 
 
@@ -399,6 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "equivalence": _equivalence,
         "trials": _trials,
         "runs": _runs,
+        "snapshot": _snapshot,
         "config-doc": _config_doc,
     }
     user_errors = _user_errors()

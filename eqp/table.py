@@ -210,19 +210,24 @@ def _row(trial: str, records: Sequence[TrialRecord], published: Mapping[str, Any
 
 
 def build_table1(
-    records: Mapping[str, Sequence[TrialRecord]], paper: Mapping[str, Any] | None = None
+    records: Mapping[str, Sequence[TrialRecord]],
+    paper: Mapping[str, Any] | None = None,
+    partial: bool = False,
 ) -> pd.DataFrame:
     """One row per Table 1 trial, in the paper's order, with our mean ± sd beside the paper's.
 
     ``records`` maps a trial name to the finished folders of its seeds. Every trial of the
     paper's table must be present; extra trials (e.g. mnist_3layer_mlffpl) are ignored.
     ``paper`` replaces the shipped ``published_runs.json`` (its order and final values); the
-    per-epoch values always come from the shipped curves. Missing values are NaN.
+    per-epoch values always come from the shipped curves. Missing values are NaN. With
+    ``partial`` (a snapshot of a run still going) the trials not given are left out instead.
     """
     published = load_published() if paper is None else paper
     order = list(published["table1_order"])
     missing = [trial for trial in order if not records.get(trial)]
-    if missing:
+    if partial:
+        order = [trial for trial in order if trial not in missing]
+    elif missing:
         raise MissingTrialsError(
             f"Table 1 needs finished folders for {len(missing)} trial(s) that were not given: "
             + ", ".join(missing)

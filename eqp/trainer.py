@@ -359,6 +359,9 @@ class Trainer:
             "beta": self.beta,
             "stream": {"pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
             "rows": self.history.rows,
+            # for progress listings and figures of an unfinished run (eqp.progress)
+            "settings": self.settings.to_dict(),
+            "learning_rates": list(self.settings.pair_learning_rates),
         }
         tensors = {
             "weights": self.net.weights,

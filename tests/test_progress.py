@@ -1,0 +1,156 @@
+"""Where a long run is: unfinished jobs listed from checkpoints and logs, figures drawn so far."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eqp import pipeline
+from eqp.figures import fig2, fig4
+from eqp.progress import PartialRecord, checkpoint_of, progress_table, read_checkpoint_header
+from eqp.records import RecordError, TrialRecord
+from eqp.snapshot import take_snapshot
+
+ROOT = Path(__file__).resolve().parents[1]
+TRIAL = "wine_5layer_swni"
+
+
+def _train(folder: Path, epochs: int, extra: tuple[str, ...] = ()) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "eqp",
+        "train",
+        str(ROOT / "config" / "paper.yaml"),
+        "--trial",
+        TRIAL,
+        "--out",
+        str(folder),
+        "--epochs",
+        str(epochs),
+        "--set",
+        "free_iterations=300",
+        "--checkpoint",
+        str(checkpoint_of(folder, folder.parents[2])),
+        "--no-progress",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory) -> tuple[Path, Path, int]:
+    """A results folder whose Wine trial (200 epochs asked) was SIGKILLed after epoch >= 2."""
+    results = tmp_path_factory.mktemp("run") / "results"
+    folder = results / "trials" / TRIAL / "seed0"
+    checkpoint = checkpoint_of(folder, results)
+    process = subprocess.Popen(
+        _train(folder, 200), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline, epoch = time.monotonic() + 120, -1
+    while time.monotonic() < deadline and process.poll() is None and epoch < 2:
+        if checkpoint.exists():
+            try:
+                epoch = int(read_checkpoint_header(checkpoint)["epoch"])
+            except RecordError:
+                epoch = -1  # being written this instant
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    epoch = int(read_checkpoint_header(checkpoint)["epoch"])
+    assert epoch >= 2 and not (folder / "summary.json").exists()
+    return results, folder, epoch
+
+
+def test_a_killed_runs_checkpoint_is_listed_with_its_epoch_errors_and_time_left(killed_run):
+    results, folder, epoch = killed_run
+    state = read_checkpoint_header(checkpoint_of(folder, results))
+    table = progress_table(results)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["folder"] == f"trials/{TRIAL}/seed0"
+    assert (row["kind"], row["name"], row["seed"], row["source"]) == ("trial", TRIAL, 0, "checkpoint")
+    assert (row["epoch"], row["epochs"]) == (epoch, 200)
+    assert row["test_error"] == state["rows"][-1]["test_error"]
+    assert row["train_error"] == state["rows"][-1]["train_error"]
+    assert row["seconds_per_epoch"] > 0
+    assert row["hours_left"] == pytest.approx((200 - epoch) * row["seconds_per_epoch"] / 3600)
+
+
+def test_the_runs_command_lists_unfinished_jobs_when_nothing_has_finished(killed_run):
+    results, _, epoch = killed_run
+    shown = subprocess.run(
+        [sys.executable, "-m", "eqp", "runs", str(results)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "Unfinished (1, from checkpoints and logs" in shown.stdout
+    line = next(x for x in shown.stdout.splitlines() if x.strip().startswith(f"trials/{TRIAL}"))
+    assert f" {epoch} " in line and " 200 " in line
+
+
+def test_a_job_with_only_a_log_is_listed_from_it(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    log = tmp_path / "logs" / "sweep" / "p0.010000" / "seed1.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(
+        "settings: {...}\nepoch 0: test error 0.9\n"
+        "epoch 1: train error 0.5, test error 0.4 (30.0 s; free-phase passes per example: ...)\n"
+        "epoch 2: train error 0.3, test error 0.25 (34.0 s)\n"
+    )
+    row = progress_table(results).iloc[0]
+    assert (row["kind"], row["name"], row["seed"], row["p"]) == ("sweep", "p0.010000", 1, 0.01)
+    assert (row["source"], row["epoch"], row["test_error"]) == ("log", 2, 0.25)
+    assert row["seconds_per_epoch"] == 32.0
+    assert row["hours_left"] != row["hours_left"]  # the log does not say the total epochs
+
+
+def test_finished_jobs_are_not_listed(tmp_path):
+    results = tmp_path / "results"
+    folder = results / "trials" / TRIAL / "seed0"
+    subprocess.run(_train(folder, 2), cwd=ROOT, check=True, capture_output=True)
+    assert (folder / "summary.json").is_file()
+    log = tmp_path / "logs" / "trials" / TRIAL / "seed0.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("epoch 1: train error 0.5, test error 0.4 (3.0 s)\n")
+    assert progress_table(results).empty
+
+
+def test_figures_2_and_4_draw_a_run_at_the_epoch_it_reached(killed_run, tmp_path):
+    results, folder, epoch = killed_run
+    record = PartialRecord.from_checkpoint(checkpoint_of(folder, results), folder)
+    assert record.summary["epochs_run"] == epoch and record.summary["partial"]
+    assert record.layer_rates.shape[0] == epoch
+    assert record.metrics["epoch"].tolist() == list(range(epoch + 1))
+    pdf, png = fig2({TRIAL: [record]}, tmp_path / "fig2.pdf")
+    assert pdf.stat().st_size > 0 and png.stat().st_size > 0
+    pdf, png = fig4([record], tmp_path / "fig4.pdf")
+    assert png.stat().st_size > 0
+    with pytest.raises(RecordError, match="not finished"):
+        record.mean_dw  # noqa: B018
+
+
+def test_a_snapshot_copies_finished_and_unfinished_folders_and_draws_table1(killed_run, tmp_path):
+    results, folder, epoch = killed_run
+    config = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
+    config["results_dir"] = str(results)
+    plan = pipeline.Plan.from_config(config, ROOT)
+    done = take_snapshot(plan, tmp_path / "snap")
+    assert done["partial"] == [str(folder)]
+    copy = TrialRecord.open(tmp_path / "snap" / "results" / "trials" / TRIAL / "seed0")
+    assert copy.summary["epochs_run"] == epoch and copy.summary["partial"]
+    assert copy.layer_rates.shape[1] == 1  # per-epoch means only
+    assert set(done["figures"]) == {"fig2", "fig3", "fig4", "fig5"}
+    table = (tmp_path / "snap" / "table1.csv").read_text()
+    assert TRIAL in table and json.dumps(epoch) in table

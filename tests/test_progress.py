@@ -77,7 +77,8 @@ def test_a_killed_runs_checkpoint_is_listed_with_its_epoch_errors_and_time_left(
     assert len(table) == 1
     row = table.iloc[0]
     assert row["folder"] == f"trials/{TRIAL}/seed0"
-    assert (row["kind"], row["name"], row["seed"], row["source"]) == ("trial", TRIAL, 0, "checkpoint")
+    identity = (row["kind"], row["name"], row["seed"], row["source"])
+    assert identity == ("trial", TRIAL, 0, "checkpoint")
     assert (row["epoch"], row["epochs"]) == (epoch, 200)
     assert row["test_error"] == state["rows"][-1]["test_error"]
     assert row["train_error"] == state["rows"][-1]["train_error"]

@@ -34,6 +34,8 @@ EPOCH_LINE = re.compile(
     r"epoch (?P<epoch>\d+): (?:train error (?P<train>\S+), )?test error (?P<test>[^\s,(]+)"
     r"(?: \((?P<seconds>[\d.]+) s)?"
 )
+# the job log's first line, "settings: {... 'epochs': 10, ...}" (eqp.pipeline.train)
+SETTINGS_EPOCHS = re.compile(r"^settings: .*'epochs': (\d+)", re.MULTILINE)
 PROGRESS_COLUMNS = (
     "folder",
     "kind",
@@ -201,9 +203,12 @@ def record_so_far(
     return PartialRecord.from_checkpoint(checkpoint, folder, settings)
 
 
-def _log_epochs(log: Path) -> list[dict[str, Any]]:
+def _log_epochs(log: Path) -> tuple[list[dict[str, Any]], int | None]:
+    """The epochs a job log reports, and the epochs its settings line asks for."""
+    text = log.read_text(errors="replace")
+    asked = SETTINGS_EPOCHS.search(text)
     rows = []
-    for line in log.read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         match = EPOCH_LINE.search(line)
         if match:
             rows.append(
@@ -214,7 +219,7 @@ def _log_epochs(log: Path) -> list[dict[str, Any]]:
                     "seconds": float(match["seconds"]) if match["seconds"] else math.nan,
                 }
             )
-    return rows
+    return rows, int(asked[1]) if asked else None
 
 
 def _identity(relative: Path) -> dict[str, Any]:
@@ -268,9 +273,11 @@ def progress_table(
             entry = found.setdefault(
                 folder, {"source": "log", "rows": [], "epochs": None, "updated": 0.0}
             )
-            rows = _log_epochs(log)
+            rows, asked = _log_epochs(log)
             if len(rows) > len(entry["rows"]):
                 entry["rows"], entry["source"] = rows, "log"
+            if entry["epochs"] is None:
+                entry["epochs"] = asked
             entry["updated"] = max(entry["updated"], log.stat().st_mtime)
     table = []
     for folder, entry in sorted(found.items(), key=lambda item: item[0].as_posix()):

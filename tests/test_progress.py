@@ -114,7 +114,10 @@ def test_a_job_with_only_a_log_is_listed_from_it(tmp_path):
     assert (row["kind"], row["name"], row["seed"], row["p"]) == ("sweep", "p0.010000", 1, 0.01)
     assert (row["source"], row["epoch"], row["test_error"]) == ("log", 2, 0.25)
     assert row["seconds_per_epoch"] == 32.0
-    assert row["hours_left"] != row["hours_left"]  # the log does not say the total epochs
+    assert row["hours_left"] != row["hours_left"]  # this log does not say the total epochs
+    log.write_text("settings: {'name': 'x', 'epochs': 10, 'seed': 1}\n" + log.read_text())
+    row = progress_table(results).iloc[0]
+    assert (row["epochs"], row["hours_left"]) == (10, 8 * 32.0 / 3600)
 
 
 def test_finished_jobs_are_not_listed(tmp_path):

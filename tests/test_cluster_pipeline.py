@@ -22,7 +22,7 @@ from eqp.settings import load_yaml
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
-# What the README's "Running on a cluster" section tells a user without Slurm accounting
+# What docs/cluster.md ("Running on a cluster") tells a user without Slurm accounting
 # to add; the faster polling only shortens the test.
 CLUSTER_FLAGS = (
     "--profile", str(REPO / "profiles" / "slurm"),

@@ -179,7 +179,12 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     trials = commands.add_parser("trials", help="list the trials of a config")
-    trials.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    trials.add_argument(
+        "config",
+        nargs="?",
+        help=f"a config (default {DEFAULT_CONFIG}; where there is none, as an installed "
+        "package has none, the published settings shipped with eqp)",
+    )
 
     runs = commands.add_parser(
         "runs",
@@ -357,9 +362,14 @@ def _equivalence(args: argparse.Namespace) -> int:
 
 
 def _trials(args: argparse.Namespace) -> int:
-    for name, s in trials_from_config(
-        load_yaml(args.config), Path(args.config).parent.parent
-    ).items():
+    path = Path(args.config or DEFAULT_CONFIG)
+    if args.config is None and not path.is_file():
+        from .published import published_trials_config
+
+        config, base = published_trials_config(), Path(".")
+    else:
+        config, base = load_yaml(path), path.parent.parent
+    for name, s in trials_from_config(config, base).items():
         sizes = "-".join(map(str, s.layer_sizes))
         print(f"{name:<22} {s.dataset:<14} {s.network_type:<12} {sizes:<32} epochs={s.epochs}")
     return 0

@@ -38,7 +38,7 @@ from eqp.published import (
     sweep_base,
 )
 from eqp.records import TrialRecord, atomic_write_bytes
-from eqp.table import data_label, dataset_name, error_scale, joined, settle_label
+from eqp.labels import data_label, dataset_name, error_scale, joined, settle_label
 
 TrialLike = TrialRecord | str | os.PathLike
 Seeds = TrialLike | Sequence[TrialLike]

@@ -38,6 +38,7 @@ from .settings import (
     SettingsError,
     TrialSettings,
     load_settings_yaml,
+    p_label,
     trial_from_dict,
     trials_from_config,
     with_seed,
@@ -125,11 +126,6 @@ def dataset_of_folder(folder: str) -> str:
         if known == folder:
             return name
     raise PipelineError(f"no data set is fetched into a folder named {folder!r}")
-
-
-def p_label(p: float) -> str:
-    """The folder label of a sweep point, as the published code named it (``%0.6f``)."""
-    return f"{p:.6f}"
 
 
 def sweep_values(sweep: Mapping[str, Any]) -> list[float]:
@@ -467,7 +463,7 @@ class Plan:
         ]
 
     def table_trials(self) -> list[str]:
-        from .table import load_published
+        from .published import load_published
 
         order = list(load_published()["table1_order"])
         self._require(order, "Table 1")

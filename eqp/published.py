@@ -19,7 +19,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from eqp.pipeline import p_label
+from eqp.settings import p_label
 
 SPLITS = ("train", "test")
 
@@ -48,6 +48,18 @@ def _initial_test_errors() -> dict[str, float]:
 def load_published() -> dict[str, Any]:
     """The paper's published settings and final numbers (a fresh copy the caller may change)."""
     return json.loads(_text("published_runs.json"))
+
+
+def published_trials_config() -> dict[str, Any]:
+    """A config holding the 15 named trials at their published settings (as
+    ``config/paper.yaml`` does), for an installed package that has no config folder."""
+    trials = load_published()["trials"]
+    return {
+        "trials": {
+            name: {key: value for key, value in entry["settings"].items() if value is not None}
+            for name, entry in trials.items()
+        }
+    }
 
 
 def load_published_curves() -> dict[str, Any]:

@@ -162,7 +162,7 @@ def runs_table(
     value differs between rows.
     """
     if published is None:
-        from .table import load_published
+        from .published import load_published
 
         published = load_published()
     base_path = Path(base) if base is not None else None

@@ -406,3 +406,8 @@ def select_trial(trials: Mapping[str, TrialSettings], name: str) -> TrialSetting
 
 def with_seed(settings: TrialSettings, seed: int) -> TrialSettings:
     return replace(settings, seed=_integer(settings.name, "seed", seed, 0))
+
+
+def p_label(p: float) -> str:
+    """The folder label of a sweep point, as the published code named it (``%0.6f``)."""
+    return f"{p:.6f}"

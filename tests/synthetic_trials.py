@@ -15,7 +15,7 @@ from eqp.records import (
     sparse_from_dense,
     write_metrics,
 )
-from eqp.table import load_published
+from eqp.published import load_published
 
 TINY_SIZES = [6, 4, 4, 4, 2]
 PER_LAYER_RATES = [0.128, 0.032, 0.008, 0.002]

@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter
 
+from eqp.labels import data_label, dataset_name, error_scale, joined, settle_label
 from eqp.published import (
     load_published_curves,
     published_error,
@@ -38,7 +39,6 @@ from eqp.published import (
     sweep_base,
 )
 from eqp.records import TrialRecord, atomic_write_bytes
-from eqp.labels import data_label, dataset_name, error_scale, joined, settle_label
 
 TrialLike = TrialRecord | str | os.PathLike
 Seeds = TrialLike | Sequence[TrialLike]

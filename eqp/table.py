@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,13 +29,12 @@ import pandas as pd
 from eqp.labels import (
     error_scale,
     examples_used,
-    is_classification,
+    joined,
     settle_label,
     topology_label,
 )
 from eqp.published import load_published, published_error
 from eqp.records import TrialRecord, atomic_write_text
-
 
 TABLE1_FIELDS = (
     "trial",

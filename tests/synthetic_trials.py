@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from eqp.published import load_published
 from eqp.records import (
     TrialRecord,
     atomic_write_json,
@@ -15,7 +16,6 @@ from eqp.records import (
     sparse_from_dense,
     write_metrics,
 )
-from eqp.published import load_published
 
 TINY_SIZES = [6, 4, 4, 4, 2]
 PER_LAYER_RATES = [0.128, 0.032, 0.008, 0.002]

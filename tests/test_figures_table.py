@@ -11,8 +11,8 @@ from synthetic_trials import fig2_fig3_records, fig5_records, sweep_records, tab
 from table_files import csv_records, markdown_records
 
 from eqp import figures
-from eqp.published import load_published_curves, published_error
-from eqp.table import MissingTrialsError, build_table1, load_published, write_table1
+from eqp.published import load_published, load_published_curves, published_error
+from eqp.table import MissingTrialsError, build_table1, write_table1
 
 
 def assert_pdf_and_png(paths: tuple[Path, Path], stem: Path) -> None:

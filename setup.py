@@ -46,8 +46,8 @@ setup(
     ext_modules=[
         Extension(
             "eqp._settle",
-            sources=["eqp/csrc/settle.c"],
-            depends=["eqp/csrc/settle_arith.h"],
+            sources=["eqp/engines/backends/csrc/settle.c"],
+            depends=["eqp/engines/backends/csrc/settle_arith.h"],
             # the source spells out every fused multiply-add; the compiler adds none
             extra_compile_args=["-O3", "-ffp-contract=off"],
             optional=True,

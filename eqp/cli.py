@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .settings import (
+from eqp.config.settings import (
     SettingsError,
     load_yaml,
     parse_override,
@@ -21,7 +21,7 @@ from .settings import (
 
 DEFAULT_CONFIG = "config/paper.yaml"
 SCHEMA = "workflow/schemas/config.schema.yaml"
-# The fast engine's weight layouts (eqp.dynamics.LAYOUTS), spelt out so --help needs no torch.
+# The fast engine's weight layouts (eqp.engines.fast.LAYOUTS), spelt out so --help needs no torch.
 LAYOUTS = ("auto", "dense", "blocked", "fused")
 
 
@@ -155,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     study = commands.add_parser(
         "equivalence",
         help="measure converged settling (sor) against the faithful Euler phases",
-        description="Runs the studies of eqp.equivalence (small: 8 Diabetes/Wine trials x "
+        description="Runs the studies of eqp.studies.equivalence (small: 8 Diabetes/Wine trials x "
         "seeds; mnist: two 5-layer MNIST trials, one epoch on the full data; states: SOR "
         "fixed points against long Euler runs), prints their tables and writes "
         "OUT/equivalence.json. Takes about half an hour on 2 cores.",
@@ -232,7 +232,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .trainer import run_trial
+    from eqp.training.trainer import run_trial
 
     config = load_yaml(args.config)
     settings = select_trial(trials_from_config(config), args.trial)
@@ -259,7 +259,7 @@ def _train(args: argparse.Namespace) -> int:
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
-        from .pipeline import disk_full_error
+        from eqp.pipeline import disk_full_error
 
         raise disk_full_error(exc, (args.out, args.checkpoint)) from None
     print(Path(args.out) / "summary.json")
@@ -267,7 +267,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import DEFAULT_TRIALS, run_benchmark, time_phases
+    from eqp.studies.bench import DEFAULT_TRIALS, run_benchmark, time_phases
 
     config = load_yaml(args.config)
     trials = trials_from_config(config)
@@ -307,21 +307,22 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _kernel_description() -> str:
     """The fused kernel's build, as a benchmark's first line says it: numbers depend on it."""
-    from . import native
+    from eqp.engines.backends import c_kernel
 
-    reason = native.unavailable_reason()
+    reason = c_kernel.unavailable_reason()
     if reason:
         return f"not used ({reason})"
-    threads = "OpenMP" if native.multithreaded() else "one thread (built without OpenMP)"
-    return f"{native.instruction_set()} arithmetic, {threads}"
+    threads = "OpenMP" if c_kernel.multithreaded() else "one thread (built without OpenMP)"
+    return f"{c_kernel.instruction_set()} arithmetic, {threads}"
 
 
 def _bench_cuda(args: argparse.Namespace, config: dict) -> int:
     import torch
 
-    from . import bench_cuda, records
-    from .pipeline import Plan, estimate_seconds
-    from .trainer import resolve_device
+    from eqp.outputs import records
+    from eqp.pipeline import Plan, estimate_seconds
+    from eqp.studies import bench_cuda
+    from eqp.training.trainer import resolve_device
 
     resolve_device(args.device)
     trials = trials_from_config(config)
@@ -343,7 +344,7 @@ def _bench_cuda(args: argparse.Namespace, config: dict) -> int:
 
 
 def _equivalence(args: argparse.Namespace) -> int:
-    from .equivalence import run
+    from eqp.studies.equivalence import run
 
     for option, value in (("--jobs", args.jobs), ("--mnist-epochs", args.mnist_epochs)):
         if value < 1:
@@ -364,7 +365,7 @@ def _equivalence(args: argparse.Namespace) -> int:
 def _trials(args: argparse.Namespace) -> int:
     path = Path(args.config or DEFAULT_CONFIG)
     if args.config is None and not path.is_file():
-        from .published import published_trials_config
+        from eqp.outputs.published import published_trials_config
 
         config, base = published_trials_config(), Path(".")
     else:
@@ -376,9 +377,9 @@ def _trials(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from .progress import progress_table
-    from .records import RecordError
-    from .runs import display_text, find_run_folders, runs_table, tsv_text
+    from eqp.outputs.progress import progress_table
+    from eqp.outputs.records import RecordError
+    from eqp.outputs.runs import display_text, find_run_folders, runs_table, tsv_text
 
     unfinished = progress_table(args.results_dir, args.logs)
     try:
@@ -404,8 +405,8 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _snapshot(args: argparse.Namespace) -> int:
-    from .pipeline import Plan
-    from .snapshot import take_snapshot
+    from eqp.pipeline import Plan
+    from eqp.pipeline.snapshot import take_snapshot
 
     config_path = Path(args.config)
     plan = Plan.from_config(load_yaml(config_path), base_dir=config_path.resolve().parent.parent)
@@ -421,7 +422,7 @@ def _snapshot(args: argparse.Namespace) -> int:
 
 
 def _config_doc(args: argparse.Namespace) -> int:
-    from .pipeline import config_doc, load_schema, with_generated_section
+    from eqp.pipeline import config_doc, load_schema, with_generated_section
 
     tables = config_doc(load_schema(args.schema))
     if args.write:
@@ -439,13 +440,13 @@ def _config_doc(args: argparse.Namespace) -> int:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors caused by input a user can fix: printed as one line, without a traceback."""
-    from .data import DataError
-    from .dynamics import LayoutError
-    from .ensemble import EnsembleError
-    from .pipeline import DiskFullError
-    from .records import RecordError
-    from .sources import DatasetError
-    from .trainer import DeviceError
+    from eqp.data.datasets import DataError
+    from eqp.data.sources import DatasetError
+    from eqp.engines.minimiser import LayoutError
+    from eqp.outputs.records import RecordError
+    from eqp.pipeline import DiskFullError
+    from eqp.training.ensemble import EnsembleError
+    from eqp.training.trainer import DeviceError
 
     return (
         SettingsError,

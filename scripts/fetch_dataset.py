@@ -1,12 +1,12 @@
-"""Snakemake script of fetch_dataset: obtain and verify one raw data set (eqp.sources).
+"""Snakemake script of fetch_dataset: obtain and verify one raw data set (eqp.data.sources).
 
 config["dataset_source_dir"] is read here rather than passed as a param on purpose: the files
 are md5-verified whatever their route, so pointing the pipeline at a local copy must not make
 Snakemake re-fetch and then retrain everything downstream.
 """
 
+from eqp.data.sources import ensure_dataset
 from eqp.pipeline import logged
-from eqp.sources import ensure_dataset
 
 smk = snakemake  # noqa: F821  (injected by Snakemake's script directive)
 

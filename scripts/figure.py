@@ -1,4 +1,4 @@
-"""Snakemake script of the figure rule: draw one figure from recorded folders (eqp.figures)."""
+"""Snakemake script of the figure rule: one figure from recorded folders (eqp.outputs.figures)."""
 
 from eqp.pipeline import draw_figure, logged
 

@@ -1,7 +1,7 @@
 """Snakemake script of job_benchmarks: every job's runtime and memory (eqp.runs)."""
 
+from eqp.outputs.runs import write_job_benchmarks
 from eqp.pipeline import logged
-from eqp.runs import write_job_benchmarks
 
 smk = snakemake  # noqa: F821  (injected by Snakemake's script directive)
 

@@ -1,7 +1,7 @@
 """Snakemake script of runs_index: results/runs.tsv from every run folder (eqp.runs)."""
 
+from eqp.outputs.runs import write_runs_index
 from eqp.pipeline import logged
-from eqp.runs import write_runs_index
 
 smk = snakemake  # noqa: F821  (injected by Snakemake's script directive)
 

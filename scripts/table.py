@@ -1,4 +1,4 @@
-"""Snakemake script of table1: Table 1 from recorded folders (eqp.table)."""
+"""Snakemake script of table1: Table 1 from recorded folders (eqp.outputs.table)."""
 
 from eqp.pipeline import logged, write_table
 

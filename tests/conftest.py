@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eqp.settings import load_yaml, trials_from_config
+from eqp.config.settings import load_yaml, trials_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ def paper_trials():
 
 @pytest.fixture(scope="session")
 def published():
-    with open(ROOT / "eqp" / "published_runs.json") as handle:
+    with open(ROOT / "eqp" / "outputs" / "published_runs.json") as handle:
         return json.load(handle)
 
 
@@ -28,14 +28,14 @@ def published():
 def native_kernel():
     """The compiled fused kernel: skipped where it is not built, unless EQP_REQUIRE_NATIVE=1
     (as in CI, whose install has a C compiler), where its absence is a failure."""
-    from eqp import native
+    from eqp.engines.backends import c_kernel
 
-    reason = native.unavailable_reason()
+    reason = c_kernel.unavailable_reason()
     if reason:
         if os.environ.get("EQP_REQUIRE_NATIVE") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
-    return native
+    return c_kernel
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +86,7 @@ def cuda_device(test_device) -> str:
 def mnist_root(tmp_path_factory):
     """MNIST's four files in a fresh data root, obtained as the pipeline obtains them (from the
     folder EQP_TEST_MNIST_DIR names, plain or .gz, on a machine without a network)."""
-    from eqp.sources import ensure_dataset
+    from eqp.data.sources import ensure_dataset
 
     root = tmp_path_factory.mktemp("mnist_root")
     ensure_dataset("mnist", root, user_dir=os.environ.get("EQP_TEST_MNIST_DIR") or None)

@@ -1,6 +1,6 @@
 """The published rewiring walk written literally (Python lists, one draw at a time).
 
-Kept only as the test oracle for eqp.topology, which must produce identical masks faster.
+Kept only as the test oracle for eqp.model.topology, which must produce identical masks faster.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from eqp.published import load_published
-from eqp.records import (
+from eqp.outputs.published import load_published
+from eqp.outputs.records import (
     TrialRecord,
     atomic_write_json,
     atomic_write_npz,

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from eqp import pipeline
-from eqp.settings import load_yaml
+from eqp.config.settings import load_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")

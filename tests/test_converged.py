@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from eqp.converged import (
+from eqp.config.settings import SettingsError
+from eqp.engines.converged import (
     ConvergedSettler,
     ConvergenceError,
     SorParameters,
     layer_bounds,
     sor_settle,
 )
-from eqp.dynamics import FastEngine
-from eqp.network import Network
-from eqp.settings import SettingsError
-from eqp.topology import build_topology
-from eqp.trainer import Trainer
+from eqp.engines.fast import FastEngine
+from eqp.model.network import Network
+from eqp.model.topology import build_topology
+from eqp.training.trainer import Trainer
 
 
 def _setup(settings, batch, seed=0, dtype=torch.float32):
@@ -194,8 +194,8 @@ def test_bad_settle_settings_name_the_field(paper_trials, change, message):
 
 
 def test_euler_trials_keep_the_plain_engine_and_record_fixed_work(paper_trials, tmp_path):
-    from eqp import records
-    from eqp.trainer import run_trial
+    from eqp.outputs import records
+    from eqp.training.trainer import run_trial
 
     settings = paper_trials["wine_5layer_swni"].with_overrides({"epochs": 1, "free_iterations": 50})
     assert isinstance(Trainer(settings).engine, FastEngine)

@@ -9,17 +9,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eqp import kernels
-from eqp.bench_cuda import CudaTiming, project_paper_hours
-from eqp.data import synthetic_dataset
-from eqp.ensemble import Ensemble
-from eqp.graphs import GraphedLoops
-from eqp.trainer import Trainer
+from eqp.data.datasets import synthetic_dataset
+from eqp.engines.backends import cuda_graphs, torchscript
+from eqp.engines.backends.cuda_graphs import GraphedLoops
+from eqp.studies.bench_cuda import CudaTiming, project_paper_hours
+from eqp.training.ensemble import Ensemble
+from eqp.training.trainer import Trainer
 
 
 def _eager(monkeypatch):
     """Make the non-graph path run the plain Python loops (TorchScript may fuse on CUDA)."""
-    monkeypatch.setattr(kernels, "compiled", lambda name: kernels._LOOPS[name])
+    monkeypatch.setattr(torchscript, "compiled", lambda name: torchscript._LOOPS[name])
 
 
 def test_tf32_is_switched_off_by_the_trainer(cuda_device, paper_trials):
@@ -40,13 +40,13 @@ def test_a_replayed_graph_equals_the_eager_loop_bit_for_bit(cuda_device):
         state = torch.rand(rows, hidden, device=cuda_device, generator=generator)
         target = torch.rand(rows, 10, device=cuda_device, generator=generator)
         for tgt, pull in ((None, 0.0), (target, 0.25), (target, -0.25)):
-            replayed = graphs.run(
-                kernels.graph_dense_loop,
+            replayed = cuda_graphs.run(
+                torchscript.graph_dense_loop,
                 (drive, state, tgt),
                 (matrix,),
                 (steps, pull, hidden - 10),
             )
-            eager = kernels.dense_loop(
+            eager = torchscript.dense_loop(
                 drive, state.clone(), matrix, torch.empty_like(state), steps, tgt, pull, hidden - 10
             )
             assert torch.equal(replayed, eager), (trial, pull)
@@ -106,7 +106,7 @@ def test_an_ensemble_with_graphs_equals_it_without_bit_for_bit(cuda_device, pape
 
 
 def test_the_triton_step_matches_the_cublas_loop(cuda_device):
-    from eqp.triton_step import triton_loop
+    from eqp.engines.backends.triton_step import triton_loop
 
     generator = torch.Generator(device=cuda_device).manual_seed(2)
     for members, rows, hidden in ((1, 20, 510), (3, 20, 1510), (2, 1000, 510)):
@@ -122,7 +122,9 @@ def test_the_triton_step_matches_the_cublas_loop(cuda_device):
         )
         pull = torch.tensor([0.5, -0.5, 0.5][:members], device=cuda_device).view(members, 1, 1)
         for tgt, pl in ((None, None), (target, pull)):
-            reference = kernels.stacked_loop(drive, state.clone(), tgt, pl, matrix, 30, hidden - 10)
+            reference = torchscript.stacked_loop(
+                drive, state.clone(), tgt, pl, matrix, 30, hidden - 10
+            )
             fused = triton_loop(drive, state.clone(), tgt, pl, matrix, 30, hidden - 10)
             assert float((fused - reference).abs().max()) < 1e-5, (members, rows, hidden)
 
@@ -179,7 +181,7 @@ def test_projection_counts_batches_epochs_and_stacks(paper_trials):
 
 
 def test_the_triton_step_is_refused_on_the_cpu(paper_trials):
-    from eqp.dynamics import LayoutError
+    from eqp.engines.minimiser import LayoutError
 
     with pytest.raises(LayoutError, match="runs on CUDA devices only"):
         Trainer(paper_trials["wine_5layer_swni"], layout="dense", step_kernel="triton")
@@ -198,8 +200,8 @@ def test_the_triton_kernel_computes_the_step_in_tritons_interpreter(tmp_path):
     script = tmp_path / "interpret.py"
     script.write_text(
         "import torch\n"
-        "from eqp import kernels\n"
-        "from eqp.triton_step import triton_loop\n"
+        "from eqp import torchscript\n"
+        "from eqp.engines.backends.triton_step import triton_loop\n"
         "g = torch.Generator().manual_seed(0)\n"
         "for m, r, h in ((1, 20, 130), (3, 20, 70), (2, 70, 100)):\n"
         "    w = 0.1 * torch.randn(m, h, h, generator=g)\n"
@@ -208,7 +210,7 @@ def test_the_triton_kernel_computes_the_step_in_tritons_interpreter(tmp_path):
         "    t = torch.rand(m, r, 10, generator=g)\n"
         "    p = torch.tensor([0.5, -0.5, 0.25][:m]).view(m, 1, 1)\n"
         "    for tg, pl in ((None, None), (t, p)):\n"
-        "        a = kernels.stacked_loop(d, s.clone(), tg, pl, w, 7, h - 10)\n"
+        "        a = torchscript.stacked_loop(d, s.clone(), tg, pl, w, 7, h - 10)\n"
         "        b = triton_loop(d, s.clone(), tg, pl, w, 7, h - 10)\n"
         "        print(float((a - b).abs().max()))\n"
     )

@@ -8,12 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from eqp import cli, native
-from eqp.data import synthetic_dataset
-from eqp.dynamics import LAYOUTS, DenseReference, FastEngine, LayoutError, make_engine
-from eqp.network import Network
-from eqp.topology import build_topology
-from eqp.trainer import Trainer
+from eqp import cli
+from eqp.data.datasets import synthetic_dataset
+from eqp.engines.backends import c_kernel
+from eqp.engines.fast import LAYOUTS, FastEngine
+from eqp.engines.minimiser import LayoutError
+from eqp.engines.reference import DenseReference
+from eqp.engines.registry import make_engine
+from eqp.model.network import Network
+from eqp.model.topology import build_topology
+from eqp.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +82,7 @@ def test_auto_layout_takes_the_fused_kernel_on_cpu(paper_trials, native_kernel):
 def test_without_the_kernel_auto_picks_blocks_for_mnist_and_dense_for_small_nets(
     paper_trials, monkeypatch
 ):
-    monkeypatch.setattr(native, "unavailable_reason", lambda: "not built (test)")
+    monkeypatch.setattr(c_kernel, "unavailable_reason", lambda: "not built (test)")
     assert FastEngine(_network(paper_trials["mnist_3layer_mlff"]), 0.5).layout == "blocked"
     assert FastEngine(_network(paper_trials["wine_8layer_mlff"]), 0.5).layout == "dense"
     with pytest.raises(LayoutError, match="'fused' is not available: not built"):

@@ -13,9 +13,9 @@ import json
 import numpy as np
 import pytest
 
-from eqp import records
-from eqp.ensemble import Ensemble, EnsembleError, check_stackable, run_ensemble
-from eqp.trainer import Trainer, run_trial
+from eqp.outputs import records
+from eqp.training.ensemble import Ensemble, EnsembleError, check_stackable, run_ensemble
+from eqp.training.trainer import Trainer, run_trial
 
 # Parameters drift apart by float32 rounding only: measured 6e-8..1.2e-7 after 2 Wine epochs
 # on the CPU, and up to 1.5e-5 (1.1e-4 relative) in Diabetes biases after 1 epoch on an H200.

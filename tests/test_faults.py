@@ -34,8 +34,8 @@ from workflow_helpers import (
 )
 
 from eqp import cli, pipeline
-from eqp.settings import SettingsError, load_settings_yaml, load_yaml, parse_override
-from eqp.trainer import Trainer, run_trial
+from eqp.config.settings import SettingsError, load_settings_yaml, load_yaml, parse_override
+from eqp.training.trainer import Trainer, run_trial
 
 PAPER = str(REPO / "config" / "paper.yaml")
 WINE = ("train", PAPER, "--trial", "wine_5layer_swni", "--no-progress")

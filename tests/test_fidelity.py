@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from eqp.trainer import Trainer, log_spread
+from eqp.training.trainer import Trainer, log_spread
 
 # The fallback layout's runs are marked slow: the quick suite checks the default path. With
 # EQP_TEST_DEVICE=cuda every trial runs on the GPU instead (dense layout, CUDA graphs).

@@ -11,8 +11,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from synthetic_trials import fig2_fig3_records, fig5_records, sweep_records, write_trial
 
-from eqp import figures
-from eqp.published import load_published, load_published_curves
+from eqp.outputs import figures
+from eqp.outputs.published import load_published, load_published_curves
 
 SOR_SUBSET = {
     "extra_settings": {

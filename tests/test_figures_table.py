@@ -10,9 +10,9 @@ import pytest
 from synthetic_trials import fig2_fig3_records, fig5_records, sweep_records, table_records
 from table_files import csv_records, markdown_records
 
-from eqp import figures
-from eqp.published import load_published, load_published_curves, published_error
-from eqp.table import MissingTrialsError, build_table1, write_table1
+from eqp.outputs import figures
+from eqp.outputs.published import load_published, load_published_curves, published_error
+from eqp.outputs.table import MissingTrialsError, build_table1, write_table1
 
 
 def assert_pdf_and_png(paths: tuple[Path, Path], stem: Path) -> None:

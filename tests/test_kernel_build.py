@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-from eqp import native
-from eqp.dynamics import DenseReference, FastEngine
-from eqp.network import Network
-from eqp.topology import build_topology
+from eqp.engines.backends import c_kernel
+from eqp.engines.fast import FastEngine
+from eqp.engines.reference import DenseReference
+from eqp.model.network import Network
+from eqp.model.topology import build_topology
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ROOT / "eqp" / "csrc" / "settle.c"
+SOURCE = ROOT / "eqp" / "engines" / "backends" / "csrc" / "settle.c"
 
 
 def _compile(compiler: str, flags: list[str], library: Path) -> ctypes.CDLL:
@@ -50,7 +51,7 @@ def _compile(compiler: str, flags: list[str], library: Path) -> ctypes.CDLL:
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    lib, reason = native.load_library(str(library))
+    lib, reason = c_kernel.load_library(str(library))
     assert lib is not None, reason
     return lib
 
@@ -74,7 +75,7 @@ def _every_result(lib, settings) -> dict[str, torch.Tensor]:
     first_output = net.output_slice.start
     results = {}
     for threads in (1, 2):
-        fused = native.FusedSteps(
+        fused = c_kernel.FusedSteps(
             net.mask[n_in:, n_in:],
             [o - n_in for o in net.offsets[1:]],
             engine.fused_blocks,
@@ -111,7 +112,7 @@ def _differences(ours, theirs) -> list[str]:
 # without OpenMP (one thread, whatever a caller asks for).
 BUILDS = [
     ("cc", ["-O3", "-fopenmp", "-ffp-contract=fast"]),
-    ("cc", ["-O2", "-fopenmp", "-ffp-contract=fast", "-march=native"]),
+    ("cc", ["-O2", "-fopenmp", "-ffp-contract=fast", "-march=c_kernel"]),
     ("gcc-11", ["-O3", "-fopenmp", "-ffp-contract=off"]),
     ("cc", ["-O3", "-ffp-contract=off"]),
 ]
@@ -123,9 +124,9 @@ def test_every_build_of_the_kernel_rounds_the_same(
     paper_trials, native_kernel, compiler, flags, tmp_path
 ):
     lib = _compile(compiler, flags, tmp_path / "settle.so")
-    assert lib.eqp_settle_variant() == native.instruction_set().encode()
+    assert lib.eqp_settle_variant() == c_kernel.instruction_set().encode()
     for name in ("mnist_5layer_swni", "mnist_3layer_mlff"):
-        installed = _every_result(native._load()[0], paper_trials[name])
+        installed = _every_result(c_kernel._load()[0], paper_trials[name])
         built = _every_result(lib, paper_trials[name])
         assert _differences(installed, built) == [], name
 
@@ -146,7 +147,7 @@ def test_portable_build_of_the_kernel_matches_the_reference(paper_trials, tmp_pa
     y = torch.nn.functional.one_hot(labels, settings.layer_sizes[-1]).float()
     engine = FastEngine(net, settings.epsilon, "blocked")
     n_in = net.n_inputs
-    fused = native.FusedSteps(
+    fused = c_kernel.FusedSteps(
         net.mask[n_in:, n_in:], [o - n_in for o in net.offsets[1:]], engine.fused_blocks, lib
     )
     fused.refresh(settings.epsilon * net.weights[n_in:, n_in:])

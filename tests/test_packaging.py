@@ -62,18 +62,18 @@ def test_wheels_carry_the_kernel_and_install_without_a_compiler(tmp_path):
         pytest.skip("no C compiler here")
     names, _ = _build_wheel(tmp_path / "with", {})
     assert any(n.startswith("eqp/_settle") and n.endswith((".so", ".pyd")) for n in names)
-    assert "eqp/native.py" in names
+    assert "eqp/c_kernel.py" in names
 
     names, log = _build_wheel(tmp_path / "without", {"CC": "false", "LDSHARED": "false"})
     assert not any(n.startswith("eqp/_settle") for n in names)
-    assert "eqp/native.py" in names
+    assert "eqp/c_kernel.py" in names
 
 
 @pytest.mark.slow
 def test_the_installed_wheel_lists_the_trials_from_its_shipped_files(tmp_path):
     names, _, wheel = _build_wheel_file(tmp_path / "build", {})
-    assert {"eqp/published_runs.json", "eqp/published_curves.json"} <= set(names)
-    assert not any(name.startswith("eqp/csrc/") for name in names)
+    assert {"eqp/outputs/published_runs.json", "eqp/outputs/published_curves.json"} <= set(names)
+    assert not any("/csrc/" in name for name in names)
     installed = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(installed)
@@ -90,7 +90,7 @@ def test_the_installed_wheel_lists_the_trials_from_its_shipped_files(tmp_path):
 
     assert run("-c", "import eqp; print(eqp.__file__)").startswith(str(installed))
     listed = run("-m", "eqp", "trials").splitlines()
-    from eqp.published import load_published
+    from eqp.outputs.published import load_published
 
     assert [line.split()[0] for line in listed] == list(load_published()["trials"])
     assert any("mnist_3layer_swni" in line and "epochs=200" in line for line in listed)

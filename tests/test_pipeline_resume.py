@@ -18,8 +18,8 @@ from workflow_helpers import (
 )
 
 from eqp import pipeline
-from eqp.settings import load_yaml
-from eqp.trainer import run_trial
+from eqp.config.settings import load_yaml
+from eqp.training.trainer import run_trial
 
 TRIAL = "wine_5layer_swni"
 

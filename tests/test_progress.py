@@ -14,10 +14,15 @@ import pytest
 import yaml
 
 from eqp import pipeline
-from eqp.figures import fig2, fig4
-from eqp.progress import PartialRecord, checkpoint_of, progress_table, read_checkpoint_header
-from eqp.records import RecordError, TrialRecord
-from eqp.snapshot import take_snapshot
+from eqp.outputs.figures import fig2, fig4
+from eqp.outputs.progress import (
+    PartialRecord,
+    checkpoint_of,
+    progress_table,
+    read_checkpoint_header,
+)
+from eqp.outputs.records import RecordError, TrialRecord
+from eqp.pipeline.snapshot import take_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIAL = "wine_5layer_swni"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eqp import published, table
-from eqp.published import (
+from eqp.outputs import published, table
+from eqp.outputs.published import (
     load_published,
     load_published_curves,
     published_error,

@@ -9,8 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from eqp import cli, native, records, runs
-from eqp.trainer import run_trial
+from eqp import cli
+from eqp.engines.backends import c_kernel
+from eqp.outputs import records, runs
+from eqp.training.trainer import run_trial
 
 QUICK = {"epochs": 1, "free_iterations": 20, "weakly_clamped_iterations": 4}
 
@@ -59,7 +61,7 @@ def test_index_rows_hold_the_summaries_and_the_published_values(results: Path) -
         assert row["epochs_run"] == summary["epochs_run"]
         assert row["engine_layout"] == summary["engine_layout"]
         fused = summary["engine_layout"] == "fused"
-        assert summary["kernel_instruction_set"] == (native.instruction_set() if fused else None)
+        assert summary["kernel_instruction_set"] == (c_kernel.instruction_set() if fused else None)
         assert row["kernel_instruction_set"] == summary["kernel_instruction_set"] or not fused
         assert row["realised_p"] == summary["realised_p"]
         metrics = records.read_metrics(results / folder)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eqp.settings import (
+from eqp.config.settings import (
     SettingsError,
     parse_override,
     select_trial,

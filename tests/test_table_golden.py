@@ -22,7 +22,7 @@ import pytest
 from synthetic_trials import golden_table_records
 from table_files import csv_cells, latex_parts, markdown_parts, same_csv_cell
 
-from eqp.table import DISPLAY_HEADER, TEXT_COLUMNS, build_table1, write_table1
+from eqp.outputs.table import DISPLAY_HEADER, TEXT_COLUMNS, build_table1, write_table1
 
 GOLDEN = Path(__file__).resolve().parent / "data"
 REDEFINED_CSV = {"diff_train_error", "diff_test_error"}

@@ -7,8 +7,8 @@ import json
 import pytest
 from safetensors.numpy import load_file
 
-from eqp import records
-from eqp.trainer import run_trial
+from eqp.outputs import records
+from eqp.training.trainer import run_trial
 
 
 def _outputs(folder) -> dict:
@@ -75,6 +75,6 @@ def test_a_tiny_mnist_run_is_identical_for_1_2_and_3_threads(
 
 
 def test_kernel_reports_whether_it_can_use_threads(native_kernel):
-    from eqp import native
+    from eqp.engines.backends import c_kernel
 
-    assert native.multithreaded() in (True, False)
+    assert c_kernel.multithreaded() in (True, False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from literal_topology import literal_build
 
-from eqp.topology import build_topology, layer_offsets
+from eqp.model.topology import build_topology, layer_offsets
 
 
 def _build(settings, seed=0):

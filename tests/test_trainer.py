@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from eqp import records
-from eqp.trainer import DeviceError, Trainer, resolve_device, run_trial
+from eqp.outputs import records
+from eqp.training.trainer import DeviceError, Trainer, resolve_device, run_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -221,9 +221,10 @@ def _bad_input_cases(tmp_path: Path) -> list[tuple[tuple[str, ...], str]]:
 
 def test_cli_bad_input_is_one_line_without_traceback(tmp_path, capsys, monkeypatch):
     """In process for speed; the subprocess test below checks the same from the shell."""
-    from eqp import cli, native
+    from eqp import cli
+    from eqp.engines.backends import c_kernel
 
-    monkeypatch.setattr(native, "unavailable_reason", lambda: "not built (test)")
+    monkeypatch.setattr(c_kernel, "unavailable_reason", lambda: "not built (test)")
     for args, message in _bad_input_cases(tmp_path):
         assert cli.main(list(args)) == 2
         err = capsys.readouterr().err
@@ -247,12 +248,12 @@ def test_cli_bench_prints_seconds_per_batch_for_each_engine():
     assert len(lines) == 2
     assert "engine=dense" in lines[0] and "engine=fast" in lines[1]
     assert "speedup(dense/fast)=" in result.stdout
-    from eqp import native
+    from eqp.engines.backends import c_kernel
 
-    built = native.unavailable_reason() is None
+    built = c_kernel.unavailable_reason() is None
     first = result.stdout.splitlines()[0]
     assert first.startswith("fused CPU kernel: ")
-    assert (f"{native.instruction_set()} arithmetic" in first) if built else ("not used" in first)
+    assert (f"{c_kernel.instruction_set()} arithmetic" in first) if built else ("not used" in first)
 
 
 def test_cli_bench_times_settle_methods_and_thread_counts_from_one_warm_state():
@@ -292,7 +293,7 @@ def test_per_layer_rates_scale_blocks_and_bias_as_configured(paper_trials, corre
     settings = _small(
         paper_trials, network_type="MLFF", learning_rate=rates, correct_bias_quirk=correct
     )
-    from eqp.data import synthetic_dataset
+    from eqp.data.datasets import synthetic_dataset
 
     trainer = Trainer(settings, data=synthetic_dataset(settings, 1))
     w0, b0 = trainer.net.weights.clone(), trainer.net.biases.clone()

@@ -23,7 +23,7 @@ from workflow_helpers import (
 )
 
 from eqp import pipeline
-from eqp.settings import load_yaml
+from eqp.config.settings import load_yaml
 
 PAPER_GROUPS = {
     "diabetes_5layer_mlff": ("diabetes_5layer_mlff", "diabetes_5layer_swni"),

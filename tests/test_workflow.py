@@ -3,7 +3,7 @@
 Dry runs use the real workflow/Snakefile with ``--directory`` set to an empty temporary
 folder, so that results a developer already has in the repository never change the counts.
 The end-to-end test (``slow``) copies workflow/, scripts/ and config/ into a temporary folder
-and runs config/tiny.yaml for real, MNIST and Fashion-MNIST fetched through eqp.sources into a
+and runs config/tiny.yaml for real, MNIST and Fashion-MNIST fetched through eqp.data.sources into a
 fresh data folder (torchvision's download, or an offline fallback where that fails).
 """
 
@@ -41,8 +41,8 @@ from workflow_helpers import (
 )
 
 from eqp import pipeline
-from eqp.runs import job_benchmarks, runs_table
-from eqp.settings import SettingsError, load_yaml
+from eqp.config.settings import SettingsError, load_yaml
+from eqp.outputs.runs import job_benchmarks, runs_table
 
 DEFAULT_CONFIG = REPO / "config" / "config.yaml"
 DEMO_CONFIG = REPO / "config" / "demo.yaml"

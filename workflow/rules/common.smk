@@ -1,7 +1,7 @@
 # The config resolved into jobs (eqp.pipeline.Plan) and helpers shared by the rule files.
 from pathlib import Path
 
-from eqp.settings import SettingsError
+from eqp.config.settings import SettingsError
 
 # trials_file and other relative paths in a config are relative to the repository root.
 REPO_ROOT = Path(workflow.basedir).parent

@@ -1,0 +1,126 @@
+"""A snapshot of a run, finished or not: small copies of its folders, its figures and Table 1.
+
+For a run of many hours (``config/paper-converged.yaml``) a user wants to see the epochs
+finished so far, and the project ships such a snapshot as evidence (``docs/paper-converged/``).
+Every folder of the config is taken as it stands: a finished folder as it is, an unfinished
+trial from its last checkpoint (:class:`eqp.outputs.progress.PartialRecord`, shown at the epoch it
+reached and compared with the published run at that epoch), a folder with neither is left
+out. Each is copied small (metrics.csv, summary.json, the per-epoch means of its layer
+rates, and the mean |dW| only where Figure 5 draws it), and the figures and the table are
+drawn from those copies by the pipeline's own figure and table code.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eqp.outputs import records
+from eqp.outputs.progress import PartialRecord, record_so_far
+from eqp.outputs.records import RecordError, TrialRecord
+from eqp.pipeline.plan import FIGURE_TRIALS, FIGURES, Plan
+
+log = logging.getLogger(__name__)
+SLIM_NOTE = (
+    "a small copy for the record: layer_rates.npz holds each epoch's mean rate per pair "
+    "(shape epochs x 1 x pairs), not every batch's"
+)
+
+
+def plan_settings(plan: Plan) -> dict[str, dict[str, Any]]:
+    """Folder -> resolved settings of every trial and sweep point of a config."""
+    found = {
+        plan.trial_folder(t, s): plan.trial_settings(t, s).to_dict()
+        for t in plan.trials
+        for s in plan.seeds
+    }
+    for label in plan.sweep_points:
+        for seed in plan.seeds:
+            found[plan.sweep_folder(label, seed)] = plan.sweep_settings(label, seed).to_dict()
+    return found
+
+
+def write_slim(record: TrialRecord, dest: Path, with_mean_dw: bool) -> None:
+    """Copy what figures and tables read, small; summary.json last, as in a real folder."""
+    dest.mkdir(parents=True, exist_ok=True)
+    metrics = record.metrics
+    rows = [
+        {key: values[i].item() for key, values in metrics.items()}
+        for i in range(len(metrics["epoch"]))
+    ]
+    records.write_metrics(dest, rows)
+    rates = np.asarray(record.layer_rates, dtype=np.float64)
+    means = rates.mean(axis=1, keepdims=True) if rates.size else rates
+    records.atomic_write_npz(
+        dest / "layer_rates.npz", rates=means, learning_rates=record.learning_rates
+    )
+    if with_mean_dw and not isinstance(record, PartialRecord):
+        shutil.copyfile(record.folder / "mean_dw.npz", dest / "mean_dw.npz")
+    summary = {**record.summary, "snapshot": SLIM_NOTE}
+    records.atomic_write_json(dest / "summary.json", records.json_safe(summary))
+
+
+def take_snapshot(plan: Plan, out: str | Path) -> dict[str, Any]:
+    """Copy every folder of ``plan`` so far to ``out/results``; draw figures and Table 1.
+
+    Returns what was written: the folders (finished and partial) and the figures drawn, or
+    why a figure was not.
+    """
+    from eqp.outputs.figures import fig2, fig3, fig4, fig5
+    from eqp.outputs.table import build_table1, write_table1
+
+    out = Path(out)
+    root = Path(plan.results_dir)
+    copies: dict[str, Path] = {}
+    partial = []
+    for folder, settings in plan_settings(plan).items():
+        try:
+            record = record_so_far(folder, root, settings)
+        except RecordError as exc:
+            log.info("left out %s: %s", folder, exc)
+            continue
+        dest = out / "results" / Path(folder).relative_to(root)
+        name = str(settings["name"])
+        write_slim(record, dest, with_mean_dw=name in FIGURE_TRIALS["fig5"])
+        copies[folder] = dest
+        if isinstance(record, PartialRecord):
+            partial.append(folder)
+    drawn: dict[str, str] = {}
+    draw = {"fig2": fig2, "fig3": fig3, "fig4": fig4, "fig5": fig5}
+    for figure in FIGURES:
+        sources = plan.figure_sources(figure)
+        if isinstance(sources, Mapping):
+            given: Any = {
+                label: [copies[f] for f in folders if f in copies]
+                for label, folders in sources.items()
+            }
+            given = {label: folders for label, folders in given.items() if folders}
+        else:
+            given = [copies[f] for f in sources if f in copies]
+        if figure == "fig5" and isinstance(given, Mapping):
+            given = {
+                label: [f for f in folders if (f / "mean_dw.npz").is_file()]
+                for label, folders in given.items()
+            }
+            given = {label: folders for label, folders in given.items() if folders}
+        if not given:
+            drawn[figure] = "no folder of it has finished an epoch yet"
+            continue
+        draw[figure](given, out / f"{figure}.pdf", preset=plan.preset)
+        drawn[figure] = f"{out / figure}.pdf/.png"
+    groups = {
+        name: [TrialRecord.open(copies[f]) for f in folders if f in copies]
+        for name, folders in plan.table_groups().items()
+    }
+    write_table1(
+        build_table1(groups, partial=True),
+        out / "table1.csv",
+        out / "table1.md",
+        out / "table1.tex",
+    )
+    return {"folders": sorted(copies), "partial": sorted(partial), "figures": drawn}

@@ -1,0 +1,314 @@
+"""Benchmarks that compare two implementations in one run and print their ratio.
+
+* Engines: the dense reference against the fast engine (Euler steps) on the same network and
+  synthetic batches.
+* Phases: seconds per training batch and per test chunk of the fast engine for each settle
+  method (faithful Euler, converged SOR) and thread count, all from one warm state (a warm-up
+  epoch on a data subset with converged settling, so particles sit near their fixed points as
+  they do after the first epoch of a run), with the free-phase work per example.
+
+Absolute seconds on a shared machine are noise; the ratios within one run are the point.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from eqp.config.settings import TrialSettings
+from eqp.data.datasets import DataSet, load_dataset, synthetic_dataset
+from eqp.engines.converged import SorParameters, make_settler
+from eqp.training.trainer import Trainer, WorkTally
+
+DEFAULT_TRIALS = ("mnist_5layer_swni", "mnist_3layer_mlff", "wine_8layer_mlff")
+
+
+@dataclass
+class EngineTiming:
+    trial: str
+    engine: str
+    layout: str
+    seconds_per_batch: float
+    seconds_per_step: float
+    floor_flop_per_step: float
+
+    @property
+    def gflops(self) -> float:
+        return self.floor_flop_per_step / self.seconds_per_step / 1e9
+
+
+def _best_of(repeats: int, run: Callable[[], None]) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def time_engine(
+    settings: TrialSettings, engine: str, batches: int, layout: str = "auto"
+) -> EngineTiming:
+    """Seconds per training batch (free, nudged, update) and per free-phase Euler step."""
+    data = synthetic_dataset(settings, batches + 1, settings.device)
+    trainer = Trainer(
+        settings, engine=engine, data=data, layout=layout if engine == "fast" else "auto"
+    )
+    trainer.train_batch(0)
+    start = time.perf_counter()
+    for j in range(1, batches + 1):
+        trainer.train_batch(j)
+    per_batch = (time.perf_counter() - start) / batches
+    x = data.train.x[0]
+    state = trainer.train_particles[0]
+    steps = max(5, min(settings.free_iterations, int(0.5 / max(per_batch / 1000, 1e-6))))
+    per_step = _best_of(3, lambda: trainer.engine.free(x, state, steps)) / steps
+    n_in = trainer.net.n_inputs
+    nonzero = int((trainer.net.mask[n_in:, n_in:] != 0).sum())
+    return EngineTiming(
+        settings.name,
+        engine,
+        getattr(trainer.engine, "layout", "-"),
+        per_batch,
+        per_step,
+        2.0 * settings.batch_size * nonzero,
+    )
+
+
+def matmul_gflops(settings: TrialSettings, repeats: int = 200) -> float:
+    """Throughput of plain (batch x n_k) @ (n_k x n_k+1) products over the non-input blocks."""
+    flops = seconds = 0.0
+    sizes = settings.layer_sizes
+    for n_src, n_dst in zip(sizes[1:-1], sizes[2:], strict=True):
+        for rows, cols in ((n_src, n_dst), (n_dst, n_src)):
+            a = torch.rand(settings.batch_size, rows)
+            b = torch.rand(rows, cols)
+            out = torch.empty(settings.batch_size, cols)
+            torch.mm(a, b, out=out)
+            seconds += (
+                _best_of(
+                    3, lambda a=a, b=b, out=out: [torch.mm(a, b, out=out) for _ in range(repeats)]
+                )
+                / repeats
+            )
+            flops += 2.0 * settings.batch_size * rows * cols
+    return flops / seconds / 1e9
+
+
+def run_benchmark(
+    trials: Sequence[TrialSettings],
+    engines: Sequence[str],
+    batches: int,
+    threads: int = 1,
+    emit: Callable[[str], None] = print,
+    layout: str = "auto",
+) -> list[EngineTiming]:
+    torch.set_num_threads(threads)
+    results = []
+    for settings in trials:
+        timings = {}
+        for engine in engines:
+            timing = time_engine(settings, engine, batches, layout)
+            timings[engine] = timing
+            results.append(timing)
+            emit(
+                f"{settings.name:<20} engine={engine:<5} layout={timing.layout:<7} "
+                f"s/batch={timing.seconds_per_batch:.6f} "
+                f"ms/step={1e3 * timing.seconds_per_step:.4f} "
+                f"floor_MFLOP/step={timing.floor_flop_per_step / 1e6:.3f} "
+                f"GFLOP/s={timing.gflops:.2f}"
+            )
+        matmul = matmul_gflops(settings)
+        line = f"{settings.name:<20} matmul_GFLOP/s={matmul:.2f}"
+        if "fast" in timings:
+            line += f" fast_vs_matmul={matmul / timings['fast'].gflops:.2f}x"
+        if "dense" in timings and "fast" in timings:
+            ratio = timings["dense"].seconds_per_batch / timings["fast"].seconds_per_batch
+            line += f" speedup(dense/fast)={ratio:.1f}x"
+        emit(line)
+    return results
+
+
+@dataclass
+class PhaseTiming:
+    trial: str
+    settle: str
+    threads: int
+    seconds_per_train_batch: float
+    seconds_per_test_chunk: float
+    test_chunk_examples: int
+    train_work_mean: float
+    train_work_max: int
+    test_work_mean: float
+
+
+def _bench_data(
+    settings: TrialSettings, train_batches: int, test_batches: int, data_dir: str | None
+) -> tuple[DataSet, str]:
+    """The trial's real data (first examples) where ``data_dir`` holds it, else synthetic."""
+    size = settings.batch_size
+    subset = settings.with_overrides(
+        {"train_examples": train_batches * size, "test_examples": test_batches * size}
+    )
+    if settings.dataset in ("diabetes", "wine"):
+        import numpy as np
+
+        return load_dataset(subset, np.random.RandomState(settings.seed)), "real"
+    if data_dir is not None and Path(data_dir).is_dir():
+        import numpy as np
+
+        from eqp.data.datasets import DataError
+
+        try:
+            return load_dataset(subset, np.random.RandomState(settings.seed), data_dir), "real"
+        except DataError:
+            pass
+    return synthetic_dataset(settings, max(train_batches, test_batches)), "synthetic"
+
+
+class _Snapshot:
+    """Everything a training batch changes, to time several variants from one state."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.tensors = [
+            t.clone()
+            for t in (
+                trainer.net.weights,
+                trainer.net.biases,
+                trainer.train_particles,
+                trainer.test_particles,
+                trainer.mean_abs_dw,
+            )
+        ]
+        self.beta = trainer.beta
+        self.stream = trainer.stream.get_state()
+
+    def restore(self, trainer: Trainer) -> None:
+        targets = (
+            trainer.net.weights,
+            trainer.net.biases,
+            trainer.train_particles,
+            trainer.test_particles,
+            trainer.mean_abs_dw,
+        )
+        for target, saved in zip(targets, self.tensors, strict=True):
+            target.copy_(saved)
+        trainer.beta = self.beta
+        trainer.stream.set_state(self.stream)
+        trainer.engine.refresh()
+
+
+def time_phases(
+    settings: TrialSettings,
+    settles: Sequence[str],
+    threads: Sequence[int],
+    batches: int,
+    warm_batches: int,
+    data_dir: str | None = None,
+    repeats: int = 3,
+    emit: Callable[[str], None] = print,
+) -> list[PhaseTiming]:
+    """Per training batch and per test chunk, for every settle method and thread count (the
+    best of ``repeats`` interleaved rounds, each from the same warm state)."""
+    train_batches = max(batches, warm_batches)
+    chunk = min(50, settings.batch_counts()[1])
+    data, kind = _bench_data(settings, train_batches, chunk, data_dir)
+    if settings.network_type == "SW_intra" and "sor" in settles:
+        settles = [s for s in settles if s != "sor"]
+    converged = settings.with_overrides({"settle": "sor"}) if "sor" in settles else settings
+    torch.set_num_threads(1)  # as in run_trial: only the fused kernel uses several threads
+    trainer = Trainer(converged, data=data, eval_chunk=chunk, threads=max(threads))
+    start = time.perf_counter()
+    trainer.train_epoch()
+    trainer.evaluate()
+    emit(
+        f"{settings.name:<20} warm-up: one epoch of {len(data.train)} {kind} batches and a test "
+        f"pass ({trainer.settings.settle}) in {time.perf_counter() - start:.1f} s"
+    )
+    inner = getattr(trainer.engine, "inner", trainer.engine)
+    engines = {
+        method: make_settler(
+            inner,
+            trainer.net,
+            method,
+            SorParameters(settings.epsilon, settings.settle_tol, settings.settle_max_steps)
+            if method == "sor"
+            else None,
+        )
+        for method in settles
+    }
+    snapshot = _Snapshot(trainer)
+    best: dict[tuple[str, int], list[float]] = {}
+    tallies: dict[tuple[str, int], tuple[WorkTally, WorkTally]] = {}
+    for _ in range(repeats):  # interleaved, best of each: the machine's noise only slows runs
+        for method in settles:
+            for count in threads:
+                trainer.engine = engines[method]
+                trainer.threads = count
+                if getattr(inner, "fused", None) is not None:
+                    inner.fused.threads = count
+                snapshot.restore(trainer)
+                trainer.train_work = WorkTally()
+                tick = time.perf_counter()
+                for j in range(batches):
+                    trainer.train_batch(j)
+                per_batch = (time.perf_counter() - tick) / batches
+                tick = time.perf_counter()
+                evaluation = trainer.evaluate()
+                per_chunk = time.perf_counter() - tick
+                previous = best.get((method, count), [math.inf, math.inf])
+                best[(method, count)] = [min(previous[0], per_batch), min(previous[1], per_chunk)]
+                tallies[(method, count)] = (trainer.train_work, evaluation.work)
+    results = []
+    for (method, count), (per_batch, per_chunk) in best.items():
+        work, test_work = tallies[(method, count)]
+        timing = PhaseTiming(
+            settings.name,
+            method,
+            count,
+            per_batch,
+            per_chunk,
+            test_work.examples,
+            work.total / max(work.examples, 1),
+            work.most,
+            test_work.total / max(test_work.examples, 1),
+        )
+        results.append(timing)
+        emit(
+            f"{settings.name:<20} settle={method:<5} threads={count} "
+            f"s/train_batch={per_batch:.5f} s/test_chunk={per_chunk:.4f} "
+            f"({timing.test_chunk_examples} examples) work/example: train mean "
+            f"{timing.train_work_mean:.1f} max {timing.train_work_max}, test mean "
+            f"{timing.test_work_mean:.1f}"
+        )
+    _emit_ratios(results, emit)
+    return results
+
+
+def _emit_ratios(results: Sequence[PhaseTiming], emit: Callable[[str], None]) -> None:
+    by_key = {(r.settle, r.threads): r for r in results}
+    settles = list(dict.fromkeys(r.settle for r in results))
+    threads = list(dict.fromkeys(r.threads for r in results))
+    name = results[0].trial if results else ""
+    for method in settles:
+        base = by_key[(method, threads[0])]
+        for count in threads[1:]:
+            other = by_key[(method, count)]
+            emit(
+                f"{name:<20} settle={method:<5} threads {threads[0]}->{count}: train batch "
+                f"{base.seconds_per_train_batch / other.seconds_per_train_batch:.2f}x, test "
+                f"chunk {base.seconds_per_test_chunk / other.seconds_per_test_chunk:.2f}x"
+            )
+    if "euler" in settles and "sor" in settles:
+        for count in threads:
+            euler, sor = by_key[("euler", count)], by_key[("sor", count)]
+            emit(
+                f"{name:<20} threads={count} settle euler->sor: train batch "
+                f"{euler.seconds_per_train_batch / sor.seconds_per_train_batch:.2f}x, test "
+                f"chunk {euler.seconds_per_test_chunk / sor.seconds_per_test_chunk:.2f}x"
+            )

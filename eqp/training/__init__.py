@@ -1,0 +1,3 @@
+"""Training a trial: epochs, persistent particles, beta's sign, updates, checkpoints, and
+ensembles of trials trained in lockstep.
+"""

@@ -1,16 +1,5 @@
-"""Snakemake script of train_trial and train_sweep_point: one training job (eqp.pipeline.train)."""
+"""Snakemake script of every training rule: one trial or an ensemble (eqp.pipeline)."""
 
-from pathlib import Path
+from eqp.pipeline import run_training_job
 
-from eqp.pipeline import train
-
-smk = snakemake  # noqa: F821  (injected by Snakemake's script directive)
-
-train(
-    smk.params.job,
-    Path(smk.output.summary).parent,
-    data_root=smk.params.data_root,
-    checkpoint=smk.params.checkpoint,
-    log_path=smk.log[0],
-    threads=smk.threads,
-)
+run_training_job(snakemake)  # noqa: F821  (injected by Snakemake's script directive)

@@ -137,11 +137,11 @@ def test_a_group_job_writes_its_trials_folders_and_asks_for_a_gpu(tmp_path: Path
     (job,) = [b.split("\n[")[0] for b in output.split("rule train_trial_ensemble_")[1:]]
     plan = plan_of(config)
     outputs = re.search(r"output: (.*)", job).group(1).split(", ")
-    assert sorted(outputs) == sorted(plan.trial_group_outputs("mnist_3layer_mlff", 0))
+    assert sorted(outputs) == sorted(plan.trial_group_job("mnist_3layer_mlff", 0).outputs)
     assert "log: logs/trials/ensemble/mnist_3layer_mlff/seed0.log" in job
     assert "benchmark: benchmarks/runs/trials/ensemble/mnist_3layer_mlff/seed0.tsv" in job
     resources = re.search(r"resources: (.*)", job).group(1)
-    limits = plan.trial_group_resources("mnist_3layer_mlff", 0)
+    limits = plan.trial_group_job("mnist_3layer_mlff", 0).resources
     assert "gpu=1" in resources, resources
     assert f"mem_mb={limits['mem_mb']}," in resources and f"runtime={limits['runtime']}," in (
         resources

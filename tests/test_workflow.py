@@ -152,16 +152,18 @@ def test_job_params_change_only_for_the_changed_trial() -> None:
     config["trial_overrides"] = {"wine_5layer_mlff": {"epochs": 2}}
     after = pipeline.Plan.from_config(config, REPO)
     changed = [
-        n for n in before.trial_names if before.trial_params(n, 0) != after.trial_params(n, 0)
+        n
+        for n in before.trial_names
+        if before.trial_job(n, 0).params != after.trial_job(n, 0).params
     ]
     assert changed == ["wine_5layer_mlff"]
-    assert before.sweep_params("0.000100", 0) == after.sweep_params("0.000100", 0)
+    assert before.sweep_job("0.000100", 0).params == after.sweep_job("0.000100", 0).params
 
 
 def test_resources_scale_with_the_work(demo_plan) -> None:
     paper = pipeline.Plan.from_config(load_yaml(REPO / "config" / "paper.yaml"), REPO)
-    small = demo_plan.trial_resources("wine_5layer_mlff", 0)
-    big = paper.trial_resources("mnist_3layer_swni", 0)
+    small = demo_plan.trial_job("wine_5layer_mlff", 0).resources
+    big = paper.trial_job("mnist_3layer_swni", 0).resources
     assert small["runtime"] >= pipeline.MIN_RUNTIME_MIN and small["mem_mb"] >= 1000
     assert big["runtime"] > 100 * small["runtime"] and big["mem_mb"] > small["mem_mb"]
 
@@ -248,19 +250,19 @@ def test_ensemble_job_is_every_sweep_point_of_its_seed() -> None:
     labels = plan.sweep_labels
     assert len(labels) == 31
     for seed in plan.seeds:
-        assert plan.ensemble_params(seed) == [plan.sweep_params(p, seed) for p in labels]
-        assert plan.ensemble_folders(seed) == [plan.sweep_folder(p, seed) for p in labels]
-        checkpoints = plan.ensemble_checkpoints(seed)
-        assert checkpoints == [plan.sweep_checkpoint(p, seed) for p in labels]
-        assert len(set(checkpoints)) == 31
-    assert {m["settings"]["bypass_p"] for m in plan.ensemble_params(3)} == set(
+        job = plan.sweep_ensemble_job(seed)
+        assert list(job.params) == [plan.sweep_job(p, seed).params[0] for p in labels]
+        assert list(job.folders) == [plan.sweep_folder(p, seed) for p in labels]
+        assert list(job.checkpoints) == [plan.sweep_checkpoint(p, seed) for p in labels]
+        assert len(set(job.checkpoints)) == 31
+    assert {m["settings"]["bypass_p"] for m in plan.sweep_ensemble_job(3).params} == set(
         plan.sweep_points.values()
     )
-    assert {m["settings"]["seed"] for m in plan.ensemble_params(3)} == {3}
-    outputs = [f for seed in plan.seeds for f in plan.ensemble_outputs(seed)]
+    assert {m["settings"]["seed"] for m in plan.sweep_ensemble_job(3).params} == {3}
+    outputs = [f for seed in plan.seeds for f in plan.sweep_ensemble_job(seed).outputs]
     assert sorted(outputs) == sorted(plan.all_sweep_outputs())
     assert len(outputs) == len(set(outputs)) == 2 * 31 * len(TRAIN_FILES)
-    pattern = plan.ensemble_outputs("{seed}")
+    pattern = plan.ensemble_outputs(None)
     assert pattern[0] == "results/sweep/p0.000000/seed{seed}/" + TRAIN_FILES[0]
 
 
@@ -268,8 +270,8 @@ def test_ensemble_resources_hold_every_member() -> None:
     paper = load_yaml(REPO / "config" / "paper.yaml")
     paper_file = REPO / "config" / "paper.yaml"
     cpu = pipeline.Plan.from_config(ensemble_config(True, base=paper_file), REPO)
-    points = [cpu.sweep_resources(p, 0) for p in cpu.sweep_labels]
-    ensemble = cpu.ensemble_resources(0)
+    points = [cpu.sweep_job(p, 0).resources for p in cpu.sweep_labels]
+    ensemble = cpu.sweep_ensemble_job(0).resources
     # the data set once, every member's weights and particles
     assert max(r["mem_mb"] for r in points) < ensemble["mem_mb"] < sum(r["mem_mb"] for r in points)
     # on a CPU an ensemble is slower than the members' fused-kernel jobs one after another
@@ -280,7 +282,7 @@ def test_ensemble_resources_hold_every_member() -> None:
 
     cuda = pipeline.Plan.from_config({**paper, "device": "cuda"}, REPO)
     assert cuda.sweep_ensemble and cuda.gpu_resources() == {"gpu": 1}
-    on_gpu = cuda.ensemble_resources(0)
+    on_gpu = cuda.sweep_ensemble_job(0).resources
     # the members' batches and particles live on the GPU: the host stages one at a time
     assert max(r["mem_mb"] for r in points) < on_gpu["mem_mb"] < ensemble["mem_mb"] / 4
     assert pipeline.MIN_RUNTIME_MIN <= on_gpu["runtime"] < ensemble["runtime"] / 10
@@ -504,7 +506,7 @@ def probe_settings(tmp_path: Path, *args: str, trial: str = "mnist_5layer_mlff")
     probe.write_text(
         f"include: {str(SNAKEFILE)!r}\n"
         "import json\n"
-        f"print('PROBE', json.dumps(PLAN.trial_params({trial!r}, 0)['settings']))\n"
+        f"print('PROBE', json.dumps(PLAN.trial_job({trial!r}, 0).params[0]['settings']))\n"
     )
     proc = run_snakemake("-n", *args, cwd=tmp_path, snakefile=probe)
     output = proc.stdout + proc.stderr
@@ -604,13 +606,14 @@ def test_ensemble_job_writes_every_folder_of_its_seed_and_asks_for_a_gpu_on_cuda
     job = blocks[0].split("\n[")[0]
     plan = pipeline.Plan.from_config(ensemble_config("auto", device="cuda"), REPO)
     outputs = re.search(r"output: (.*)", job).group(1).split(", ")
-    assert sorted(outputs) == sorted(plan.ensemble_outputs(0))
+    assert sorted(outputs) == sorted(plan.sweep_ensemble_job(0).outputs)
     assert "log: logs/sweep/ensemble/seed0.log" in job
     assert "benchmark: benchmarks/runs/sweep/ensemble/seed0.tsv" in job
     resources = re.search(r"resources: (.*)", job).group(1)
     assert "gpu=1" in resources, resources
-    assert f"mem_mb={plan.ensemble_resources(0)['mem_mb']}," in resources, resources
-    assert f"runtime={plan.ensemble_resources(0)['runtime']}," in resources, resources
+    limits = plan.sweep_ensemble_job(0).resources
+    assert f"mem_mb={limits['mem_mb']}," in resources, resources
+    assert f"runtime={limits['runtime']}," in resources, resources
 
 
 def test_jobs_table_reads_the_benchmarks_of_whichever_sweep_rule_runs(tmp_path: Path) -> None:
@@ -637,7 +640,7 @@ def test_ensemble_rule_has_only_the_documented_conda_lint(tmp_path: Path) -> Non
 
 def test_unstackable_ensemble_job_ends_with_one_line_and_no_folder(tmp_path: Path) -> None:
     plan = pipeline.Plan.from_config(ensemble_config(True), REPO)
-    members = copy.deepcopy(plan.ensemble_params(0)[:2])
+    members = copy.deepcopy(list(plan.sweep_ensemble_job(0).params[:2]))
     members[1]["settings"]["batch_size"] = 10
     folders = [tmp_path / "p0", tmp_path / "p1"]
     log = tmp_path / "logs" / "job.log"
@@ -844,7 +847,7 @@ def test_ensemble_run_writes_every_sweep_folder_and_figure4(
 
     plan = pipeline.Plan.from_config(config, tmp_path)
     assert plan.sweep_ensemble and len(plan.sweep_labels) == 3
-    for label, folder in zip(plan.sweep_labels, plan.ensemble_folders(0), strict=True):
+    for label, folder in zip(plan.sweep_labels, plan.sweep_ensemble_job(0).folders, strict=True):
         for name in TRAIN_FILES:
             assert (tmp_path / folder / name).stat().st_size > 0, (folder, name)
         summary = json.loads((tmp_path / folder / "summary.json").read_text())
@@ -945,3 +948,15 @@ def test_pipeline_killed_anywhere_resumes_to_the_uninterrupted_result(
     assert sorted(ours) == sorted(reference)
     differing = [path for path in reference if ours[path] != reference[path]]
     assert not differing, differing
+
+
+def test_a_job_is_resolved_once_and_read_by_every_rule_function(demo_plan) -> None:
+    job = demo_plan.sweep_job("0.000100", 0)
+    assert demo_plan.sweep_job("0.000100", "0") is job  # wildcards arrive as strings
+    assert demo_plan.trial_job("wine_5layer_mlff", 0) is demo_plan.trial_job("wine_5layer_mlff", 0)
+    (settings,) = job.members
+    assert settings == demo_plan.sweep_settings("0.000100", 0)
+    assert job.folders == (demo_plan.sweep_folder("0.000100", 0),)
+    assert job.checkpoints == (demo_plan.sweep_checkpoint("0.000100", 0),)
+    assert job.outputs == demo_plan.sweep_outputs("0.000100", 0)
+    assert set(job.resources) >= {"mem_mb", "runtime"}

@@ -26,6 +26,7 @@ from eqp.pipeline.jobs import (
     disk_full_error,
     draw_figure,
     logged,
+    run_training_job,
     train,
     train_ensemble,
     write_table,
@@ -35,6 +36,7 @@ from eqp.pipeline.plan import (
     FIGURE_TRIALS,
     FIGURES,
     TRIAL_FILES,
+    Job,
     Plan,
     dataset_of_folder,
     sweep_values,
@@ -67,6 +69,8 @@ from eqp.pipeline.resources import (
 )
 
 __all__ = [
+    "Job",
+    "run_training_job",
     "DOWNLOADED",
     "PipelineError",
     "TRIAL_FILES",

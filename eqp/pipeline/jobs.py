@@ -86,6 +86,31 @@ def logged(
         raise SystemExit(f"error: {failure}")
 
 
+def run_training_job(smk: Any) -> Any:
+    """The script of every training rule: one trial, or an ensemble's members in lockstep.
+
+    ``smk`` is Snakemake's ``snakemake`` object; its params are a :class:`Job`'s (members'
+    params, folders, checkpoints, data root) and whether the members train stacked.
+    """
+    params = smk.params
+    if params.stacked:
+        return train_ensemble(
+            params.members,
+            params.folders,
+            data_root=params.data_root,
+            checkpoints=params.checkpoints,
+            log_path=smk.log[0],
+        )
+    return train(
+        params.members[0],
+        params.folders[0],
+        data_root=params.data_root,
+        checkpoint=params.checkpoints[0],
+        log_path=smk.log[0],
+        threads=smk.threads,
+    )
+
+
 def train(
     params: Mapping[str, Any],
     out_dir: str | Path,

@@ -104,6 +104,25 @@ def _sweep_labels(values: Sequence[float]) -> list[str]:
 
 
 @dataclass(frozen=True)
+class Job:
+    """One training job, resolved once: the trials it trains (one, or an ensemble's
+    members), the folders and checkpoints it writes, the data it waits for and the resources
+    it asks for. The rules read it; none of them resolves settings again."""
+
+    members: tuple[TrialSettings, ...]
+    folders: tuple[str, ...]
+    checkpoints: tuple[str, ...]
+    params: tuple[dict[str, Any], ...]
+    data_inputs: tuple[str, ...]
+    data_root: str | None
+    resources: Mapping[str, int]
+
+    @property
+    def outputs(self) -> list[str]:
+        return [f"{folder}/{name}" for folder in self.folders for name in TRIAL_FILES]
+
+
+@dataclass(frozen=True)
 class Plan:
     """Every job of one pipeline config, resolved and validated."""
 
@@ -126,6 +145,10 @@ class Plan:
     # Named trials trained as one ensemble per seed (trial_ensembles, resolved): group name
     # (its first trial) -> its trials, in config order; only groups of two or more.
     trial_groups: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    # The jobs resolved so far, by (kind, name, seed): each is built once, then read.
+    _jobs: dict[tuple[str, str, int], Job] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     # -- construction -------------------------------------------------------------------
 
@@ -267,19 +290,59 @@ class Plan:
             "preset": self.preset,
         }
 
-    def trial_params(self, trial: str, seed: int) -> dict[str, Any]:
-        return self.job_params(self.trial_settings(trial, seed))
+    # -- training jobs, each resolved once ------------------------------------------------
 
-    def sweep_params(self, label: str, seed: int) -> dict[str, Any]:
-        return self.job_params(self.sweep_settings(label, seed))
+    def trial_job(self, trial: str, seed: int | str) -> Job:
+        """The job of one named trial and seed (rule train_trial)."""
+        return self._job(("trial", trial, int(seed)))
 
-    def ensemble_params(self, seed: int) -> list[dict[str, Any]]:
-        """The job params of every sweep point of one seed, the members of its ensemble."""
-        return [self.sweep_params(label, seed) for label in self.sweep_points]
+    def sweep_job(self, label: str, seed: int | str) -> Job:
+        """The job of one sweep point and seed (rule train_sweep_point)."""
+        return self._job(("sweep", label, int(seed)))
 
-    def trial_group_params(self, group: str, seed: int | str) -> list[dict[str, Any]]:
-        """The job params of the trials of one group (trial_ensembles) and seed."""
-        return [self.trial_params(name, int(seed)) for name in self.trial_groups[group]]
+    def sweep_ensemble_job(self, seed: int | str) -> Job:
+        """Every sweep point of one seed as one ensemble (rule train_sweep_ensemble)."""
+        return self._job(("sweep ensemble", "", int(seed)))
+
+    def trial_group_job(self, group: str, seed: int | str) -> Job:
+        """The trials of one group and seed as one ensemble (rule train_trial_ensemble_*)."""
+        return self._job(("trial group", group, int(seed)))
+
+    def _job(self, key: tuple[str, str, int]) -> Job:
+        if key not in self._jobs:
+            self._jobs[key] = self._resolve_job(*key)
+        return self._jobs[key]
+
+    def _resolve_job(self, kind: str, name: str, seed: int) -> Job:
+        if kind == "trial":
+            points = [(self.trial_settings(name, seed), self.trial_folder(name, seed))]
+        elif kind == "sweep":
+            points = [(self.sweep_settings(name, seed), self.sweep_folder(name, seed))]
+        elif kind == "sweep ensemble":
+            points = [
+                (self.sweep_settings(label, seed), self.sweep_folder(label, seed))
+                for label in self.sweep_points
+            ]
+        else:
+            points = [
+                (self.trial_settings(trial, seed), self.trial_folder(trial, seed))
+                for trial in self.trial_groups[name]
+            ]
+        members = tuple(settings for settings, _ in points)
+        if kind in ("trial", "sweep"):
+            resources = estimate_resources(members[0], self.eval_chunk, self.threads_per_job)
+        else:
+            resources = estimate_ensemble_resources(members, self.eval_chunk)
+        inputs = [f for settings in members for f in self.data_inputs(settings)]
+        return Job(
+            members=members,
+            folders=tuple(folder for _, folder in points),
+            checkpoints=tuple(self.checkpoint_of(folder) for _, folder in points),
+            params=tuple(self.job_params(settings) for settings in members),
+            data_inputs=tuple(dict.fromkeys(inputs)),
+            data_root=self.data_root(members[0]),
+            resources={**resources, **self.gpu_resources()},
+        )
 
     # -- names and paths ----------------------------------------------------------------
 
@@ -291,17 +354,31 @@ class Plan:
     def sweep_labels(self) -> list[str]:
         return list(self.sweep_points)
 
-    def trial_folder(self, trial: str, seed: int) -> str:
+    def trial_folder(self, trial: str, seed: int | str) -> str:
         return f"{self.results_dir}/trials/{trial}/seed{seed}"
 
-    def sweep_folder(self, label: str, seed: int) -> str:
+    def sweep_folder(self, label: str, seed: int | str) -> str:
         return f"{self.results_dir}/sweep/p{label}/seed{seed}"
 
+    def ensemble_outputs(self, group: str | None) -> list[str]:
+        """The output patterns (``{seed}`` a wildcard) of an ensemble job: every file of the
+        folders of a trial group, or of every sweep point where ``group`` is None."""
+        if group is None:
+            folders = [self.sweep_folder(label, "{seed}") for label in self.sweep_points]
+        else:
+            folders = [self.trial_folder(name, "{seed}") for name in self.trial_groups[group]]
+        return [f"{folder}/{name}" for folder in folders for name in TRIAL_FILES]
+
+    def checkpoint_of(self, folder: str) -> str:
+        """A folder's checkpoint: its mirror under ``results/checkpoints`` (not an output)."""
+        relative = os.path.relpath(folder, self.results_dir)
+        return f"{self.results_dir}/checkpoints/{relative}.safetensors"
+
     def trial_checkpoint(self, trial: str, seed: int) -> str:
-        return f"{self.results_dir}/checkpoints/trials/{trial}/seed{seed}.safetensors"
+        return self.checkpoint_of(self.trial_folder(trial, seed))
 
     def sweep_checkpoint(self, label: str, seed: int) -> str:
-        return f"{self.results_dir}/checkpoints/sweep/p{label}/seed{seed}.safetensors"
+        return self.checkpoint_of(self.sweep_folder(label, seed))
 
     def dataset_marker(self, dataset: str) -> str:
         """The file the fetch rule writes last for a downloaded data set."""
@@ -320,42 +397,11 @@ class Plan:
     def sweep_outputs(self, label: str, seed: int) -> list[str]:
         return [f"{self.sweep_folder(label, seed)}/{f}" for f in TRIAL_FILES]
 
-    def ensemble_outputs(self, seed: int | str) -> list[str]:
-        """Every file of every sweep folder of one seed (``"{seed}"`` gives the pattern)."""
-        return [f for p in self.sweep_points for f in self.sweep_outputs(p, seed)]
-
-    def ensemble_folders(self, seed: int) -> list[str]:
-        return [self.sweep_folder(p, seed) for p in self.sweep_points]
-
-    def ensemble_checkpoints(self, seed: int) -> list[str]:
-        return [self.sweep_checkpoint(p, seed) for p in self.sweep_points]
-
     @property
     def solo_trials(self) -> list[str]:
         """The named trials that train_trial trains (one job each): those in no group."""
         grouped = {name for names in self.trial_groups.values() for name in names}
         return [name for name in self.trials if name not in grouped]
-
-    def trial_group_outputs(self, group: str, seed: int | str) -> list[str]:
-        """Every file of every trial folder of one group (``"{seed}"`` gives the pattern)."""
-        return [f for name in self.trial_groups[group] for f in self.trial_outputs(name, seed)]
-
-    def trial_group_folders(self, group: str, seed: int | str) -> list[str]:
-        return [self.trial_folder(name, seed) for name in self.trial_groups[group]]
-
-    def trial_group_checkpoints(self, group: str, seed: int | str) -> list[str]:
-        return [self.trial_checkpoint(name, seed) for name in self.trial_groups[group]]
-
-    def trial_group_settings(self, group: str, seed: int | str) -> list[TrialSettings]:
-        return [self.trial_settings(name, int(seed)) for name in self.trial_groups[group]]
-
-    def trial_group_data_inputs(self, group: str, seed: int | str) -> list[str]:
-        """The fetch rule's outputs the group's job waits for (MNIST and Fashion-MNIST, say)."""
-        inputs = [f for s in self.trial_group_settings(group, seed) for f in self.data_inputs(s)]
-        return list(dict.fromkeys(inputs))
-
-    def trial_group_data_root(self, group: str, seed: int | str) -> str | None:
-        return self.data_root(self.trial_group_settings(group, seed)[0])
 
     def all_trial_outputs(self) -> list[str]:
         return [f for t in self.trials for s in self.seeds for f in self.trial_outputs(t, s)]
@@ -424,19 +470,3 @@ class Plan:
     def gpu_resources(self) -> dict[str, int]:
         """``gpu: 1`` (``sbatch --gpus=1`` under the Slurm plugin) when training on CUDA."""
         return {"gpu": 1} if self.uses_gpu else {}
-
-    def trial_resources(self, trial: str, seed: int) -> dict[str, int]:
-        settings = self.trial_settings(trial, seed)
-        return estimate_resources(settings, self.eval_chunk, self.threads_per_job)
-
-    def sweep_resources(self, label: str, seed: int) -> dict[str, int]:
-        settings = self.sweep_settings(label, seed)
-        return estimate_resources(settings, self.eval_chunk, self.threads_per_job)
-
-    def ensemble_resources(self, seed: int) -> dict[str, int]:
-        members = [self.sweep_settings(label, seed) for label in self.sweep_points]
-        return estimate_ensemble_resources(members, self.eval_chunk)
-
-    def trial_group_resources(self, group: str, seed: int | str) -> dict[str, int]:
-        members = self.trial_group_settings(group, seed)
-        return estimate_ensemble_resources(members, self.eval_chunk)

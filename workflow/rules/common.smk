@@ -21,12 +21,23 @@ def folder_outputs(folder):
     return {key: f"{folder}/{name}" for key, name in FOLDER_KEYS.items()}
 
 
-def of_group(method, group, key=None):
-    """A rule function giving ``method(group, seed)`` (its ``key`` entry, if given) for a
-    trial group's rule, which is defined in a loop (the group is fixed, the seed a wildcard)."""
+def single_job(wildcards):
+    """The job (eqp.pipeline.Job) of train_trial or train_sweep_point, by its wildcards."""
+    if hasattr(wildcards, "trial"):
+        return PLAN.trial_job(wildcards.trial, wildcards.seed)
+    return PLAN.sweep_job(wildcards.p, wildcards.seed)
+
+
+def ensemble_job(group, field, key=None):
+    """A rule function reading one field (its ``key`` entry, if given) of the ensemble job of
+    ``group`` (None: the sweep) for the seed wildcard; the rules are defined in a loop."""
 
     def function(wildcards):
-        value = method(group, wildcards.seed)
+        if group is None:
+            job = PLAN.sweep_ensemble_job(wildcards.seed)
+        else:
+            job = PLAN.trial_group_job(group, wildcards.seed)
+        value = getattr(job, field)
         return value if key is None else value[key]
 
     return function

@@ -1,4 +1,5 @@
-"""Command line: ``python -m eqp train | bench | trials | runs | config-doc``.
+"""Command line: ``python -m eqp COMMAND`` (train, bench, equivalence, trials, runs, snapshot,
+config-doc).
 
 The pipeline's scripts call the same library functions directly; this is for people.
 """

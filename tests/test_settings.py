@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from eqp.config.settings import (
@@ -11,6 +13,8 @@ from eqp.config.settings import (
     trial_from_dict,
     trials_from_config,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_paper_config_holds_the_published_settings(paper_trials, published):
@@ -104,3 +108,30 @@ def test_set_override_parses_yaml_values():
     assert parse_override("epochs=3") == ("epochs", 3)
     with pytest.raises(SettingsError, match="key=value"):
         parse_override("epochs")
+
+
+def test_the_schema_allows_exactly_the_values_the_code_accepts():
+    """The allowed values live in eqp (settings, engines); the schema must say the same."""
+    import yaml
+
+    from eqp.config import settings
+    from eqp.engines.registry import ENGINES
+
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    enums: dict[str, list] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(value, dict) and "enum" in value:
+                    enums.setdefault(key, value["enum"])
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    assert enums["dataset"] == list(settings.DATASETS)
+    assert enums["network_type"] == list(settings.NETWORK_TYPES)
+    assert enums["settle"] == list(settings.SETTLE_METHODS)
+    assert sorted(enums["engine"]) == sorted(ENGINES)

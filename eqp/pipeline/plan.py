@@ -177,7 +177,7 @@ class Plan:
         if not seeds or len(set(seeds)) != len(seeds):
             raise PipelineError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
         plan = cls(
-            preset=str(config.get("preset", "demo")),
+            preset=str(config.get("preset", "findings")),
             data_dir=os.path.normpath(str(config.get("data_dir", "resources/datasets"))),
             dataset_source_dir=config.get("dataset_source_dir") or None,
             results_dir=os.path.normpath(str(config.get("results_dir", "results"))),

@@ -1,5 +1,5 @@
 # Stage 1: MNIST and Fashion-MNIST raw files, md5-verified, into config["data_dir"].
-# Routes (eqp.sources): files already there, config["dataset_source_dir"] (no download),
+# Routes (eqp.data.sources): files already there, config["dataset_source_dir"] (no download),
 # torchvision's download, then offline fallbacks. Diabetes and wine come with scikit-learn.
 
 

@@ -1,6 +1,6 @@
 # Stage 4: Figures 2-5 as PDF with a PNG beside it, drawn from recorded folders only
-# (eqp.figures), one job per figure of one rule. Each figure states the preset (demo or
-# paper) in its title; report/figure.rst holds the four captions.
+# (eqp.outputs.figures), one job per figure of one rule. Each figure states its preset in its
+# title; report/figure.rst holds the four captions.
 
 
 rule figure:

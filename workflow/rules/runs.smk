@@ -1,5 +1,5 @@
 # Stage 6: the runs index, one row per trial and sweep folder from its summary.json
-# (eqp.runs), and the runtime and memory of every job from its benchmark file. Both are in
+# (eqp.outputs.runs), and the runtime and memory of every job from its benchmark file. Both are in
 # the report; `python -m eqp runs results` prints the index of any results folder.
 
 

@@ -1,5 +1,5 @@
 # Stage 5: Table 1 (the 14 trials of the paper's table, all seeds) as CSV, Markdown and
-# LaTeX, with the paper's numbers beside ours and the difference (eqp.table).
+# LaTeX, with the paper's numbers beside ours and the difference (eqp.outputs.table).
 
 
 rule table1:

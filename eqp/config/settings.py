@@ -202,6 +202,47 @@ def _number(trial: str, key: str, value: Any, *, positive: bool = True) -> float
 
 def trial_from_dict(name: str, data: Mapping[str, Any]) -> TrialSettings:
     """Build and validate one trial from its YAML mapping (snake_case keys)."""
+    _check_keys(name, data)
+    dataset = data["dataset"]
+    if dataset not in DATASETS:
+        raise _fail(name, "dataset", dataset, f"allowed: {', '.join(DATASETS)}")
+    sizes = _layer_sizes(name, dataset, data["layer_sizes"])
+    network_type = data["network_type"]
+    if network_type not in NETWORK_TYPES:
+        raise _fail(name, "network_type", network_type, f"allowed: {', '.join(NETWORK_TYPES)}")
+    bypass_p, bypass_mag = _bypass(name, network_type, data)
+    batch_size, examples = _batching(name, dataset, data)
+    device = data.get("device", "cpu")
+    if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
+        raise _fail(name, "device", device, "use 'cpu', 'cuda' or 'cuda:N'")
+    correct = data.get("correct_bias_quirk", False)
+    if not isinstance(correct, bool):
+        raise _fail(name, "correct_bias_quirk", correct, "it must be true or false")
+    return TrialSettings(
+        name=name,
+        dataset=dataset,
+        layer_sizes=sizes,
+        network_type=network_type,
+        bypass_p=bypass_p,
+        bypass_mag=bypass_mag,
+        learning_rate=_learning_rate(name, data["learning_rate"], len(sizes) - 1),
+        epsilon=_number(name, "epsilon", data["epsilon"]),
+        beta=_number(name, "beta", data["beta"]),
+        free_iterations=_integer(name, "free_iterations", data["free_iterations"], 1),
+        weakly_clamped_iterations=_integer(
+            name, "weakly_clamped_iterations", data["weakly_clamped_iterations"], 1
+        ),
+        batch_size=batch_size,
+        epochs=_integer(name, "epochs", data["epochs"], 0),
+        seed=_integer(name, "seed", data.get("seed", 0), 0),
+        device=device,
+        correct_bias_quirk=correct,
+        **examples,
+        **_settling(name, network_type, data),
+    )
+
+
+def _check_keys(name: str, data: Any) -> None:
     if not isinstance(data, Mapping):
         raise SettingsError(f"trial '{name}': expected a mapping of settings, got {data!r}")
     unknown = sorted(set(data) - _FIELD_NAMES)
@@ -214,15 +255,13 @@ def trial_from_dict(name: str, data: Mapping[str, Any]) -> TrialSettings:
     if missing:
         raise SettingsError(f"trial '{name}': missing setting(s) {', '.join(missing)}")
 
-    dataset = data["dataset"]
-    if dataset not in DATASETS:
-        raise _fail(name, "dataset", dataset, f"allowed: {', '.join(DATASETS)}")
-    shape = DATASET_SHAPES[dataset]
 
-    sizes = data["layer_sizes"]
+def _layer_sizes(name: str, dataset: str, sizes: Any) -> tuple[int, ...]:
+    """At least three positive sizes, the first and last fixed by the data set."""
     if not isinstance(sizes, (list, tuple)) or len(sizes) < 3:
         raise _fail(name, "layer_sizes", sizes, "it must list at least 3 layer sizes")
     sizes = tuple(_integer(name, "layer_sizes", s, 1) for s in sizes)
+    shape = DATASET_SHAPES[dataset]
     if sizes[0] != shape["inputs"] or sizes[-1] != shape["outputs"]:
         raise _fail(
             name,
@@ -230,45 +269,49 @@ def trial_from_dict(name: str, data: Mapping[str, Any]) -> TrialSettings:
             list(sizes),
             f"{dataset} needs {shape['inputs']} inputs and {shape['outputs']} outputs",
         )
+    return sizes
 
-    network_type = data["network_type"]
-    if network_type not in NETWORK_TYPES:
-        raise _fail(name, "network_type", network_type, f"allowed: {', '.join(NETWORK_TYPES)}")
 
+def _bypass(name: str, network_type: str, data: Mapping[str, Any]) -> tuple[Any, Any]:
+    """bypass_p and bypass_mag of an SW network; None for an MLFF one (it has no rewiring)."""
+    if network_type == "MLFF":
+        return None, None
     bypass_p = data.get("bypass_p")
-    bypass_mag = data.get("bypass_mag")
-    if network_type != "MLFF":
-        ok = isinstance(bypass_p, (int, float)) and not isinstance(bypass_p, bool)
-        if not ok or not 0.0 <= bypass_p <= 1.0:
-            raise _fail(name, "bypass_p", bypass_p, "it must be a number in [0, 1]")
-        bypass_p = float(bypass_p)
-        bypass_mag = _number(name, "bypass_mag", bypass_mag, positive=False)
-        if bypass_mag < 0:
-            raise _fail(name, "bypass_mag", bypass_mag, "it must be >= 0")
+    ok = isinstance(bypass_p, (int, float)) and not isinstance(bypass_p, bool)
+    if not ok or not 0.0 <= bypass_p <= 1.0:
+        raise _fail(name, "bypass_p", bypass_p, "it must be a number in [0, 1]")
+    bypass_mag = _number(name, "bypass_mag", data.get("bypass_mag"), positive=False)
+    if bypass_mag < 0:
+        raise _fail(name, "bypass_mag", bypass_mag, "it must be >= 0")
+    return float(bypass_p), bypass_mag
 
-    rate = data["learning_rate"]
-    if isinstance(rate, (list, tuple)):
-        if len(rate) != len(sizes) - 1:
-            raise _fail(
-                name,
-                "learning_rate",
-                rate,
-                f"a per-layer list needs {len(sizes) - 1} entries (one per adjacent layer pair)",
-            )
-        rate = tuple(_number(name, "learning_rate", r) for r in rate)
-    else:
-        rate = _number(name, "learning_rate", rate)
 
+def _learning_rate(name: str, rate: Any, pairs: int) -> float | tuple[float, ...]:
+    """One rate, or one per adjacent layer pair."""
+    if not isinstance(rate, (list, tuple)):
+        return _number(name, "learning_rate", rate)
+    if len(rate) != pairs:
+        raise _fail(
+            name,
+            "learning_rate",
+            rate,
+            f"a per-layer list needs {pairs} entries (one per adjacent layer pair)",
+        )
+    return tuple(_number(name, "learning_rate", r) for r in rate)
+
+
+def _batching(name: str, dataset: str, data: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+    """The batch size and example subsets, checked to leave a full batch of each split."""
     batch_size = _integer(name, "batch_size", data["batch_size"], 1)
-    values = {
+    examples = {
         "train_examples": data.get("train_examples"),
         "test_examples": data.get("test_examples"),
     }
-    for key, value in values.items():
+    for key, value in examples.items():
         if value is not None:
             _integer(name, key, value, 1)
     for split, count in zip(
-        ("training", "test"), batch_counts(dataset, batch_size, **values), strict=True
+        ("training", "test"), batch_counts(dataset, batch_size, **examples), strict=True
     ):
         if count < 1:
             raise _fail(
@@ -276,18 +319,14 @@ def trial_from_dict(name: str, data: Mapping[str, Any]) -> TrialSettings:
                 "batch_size",
                 batch_size,
                 f"it leaves no full {split} batch of {dataset}"
-                + (" with the chosen example subset" if any(values.values()) else "")
+                + (" with the chosen example subset" if any(examples.values()) else "")
                 + "; use a smaller batch size",
             )
+    return batch_size, examples
 
-    device = data.get("device", "cpu")
-    if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
-        raise _fail(name, "device", device, "use 'cpu', 'cuda' or 'cuda:N'")
 
-    correct = data.get("correct_bias_quirk", False)
-    if not isinstance(correct, bool):
-        raise _fail(name, "correct_bias_quirk", correct, "it must be true or false")
-
+def _settling(name: str, network_type: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    """settle, settle_tol and settle_max_steps; sor is refused where a layer is not exact."""
     settle = data.get("settle", "euler")
     if settle not in SETTLE_METHODS:
         raise _fail(
@@ -304,36 +343,14 @@ def trial_from_dict(name: str, data: Mapping[str, Any]) -> TrialSettings:
             "settle: sor updates one layer at a time, which is exact only without connections "
             "inside a layer; SW_intra has them, so use settle: euler for it",
         )
-    settle_tol = _number(name, "settle_tol", data.get("settle_tol", DEFAULT_SETTLE_TOL))
-    settle_max_steps = data.get("settle_max_steps")
-    if settle_max_steps is not None:
-        _integer(name, "settle_max_steps", settle_max_steps, 1)
-
-    return TrialSettings(
-        name=name,
-        dataset=dataset,
-        layer_sizes=sizes,
-        network_type=network_type,
-        bypass_p=bypass_p if network_type != "MLFF" else None,
-        bypass_mag=bypass_mag if network_type != "MLFF" else None,
-        learning_rate=rate,
-        epsilon=_number(name, "epsilon", data["epsilon"]),
-        beta=_number(name, "beta", data["beta"]),
-        free_iterations=_integer(name, "free_iterations", data["free_iterations"], 1),
-        weakly_clamped_iterations=_integer(
-            name, "weakly_clamped_iterations", data["weakly_clamped_iterations"], 1
-        ),
-        batch_size=batch_size,
-        epochs=_integer(name, "epochs", data["epochs"], 0),
-        seed=_integer(name, "seed", data.get("seed", 0), 0),
-        device=device,
-        train_examples=values["train_examples"],
-        test_examples=values["test_examples"],
-        correct_bias_quirk=correct,
-        settle=settle,
-        settle_tol=settle_tol,
-        settle_max_steps=settle_max_steps,
-    )
+    max_steps = data.get("settle_max_steps")
+    if max_steps is not None:
+        _integer(name, "settle_max_steps", max_steps, 1)
+    return {
+        "settle": settle,
+        "settle_tol": _number(name, "settle_tol", data.get("settle_tol", DEFAULT_SETTLE_TOL)),
+        "settle_max_steps": max_steps,
+    }
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -19,6 +19,7 @@ import io
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -377,6 +378,37 @@ def _published_sweep(
     return np.array(values, dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class _PAxis:
+    """Where the sweep's values of p sit on a log axis: p = 0 one decade left of the smallest
+    positive p, behind an axis break, and never joined to the positive-p lines."""
+
+    ps: np.ndarray
+
+    @property
+    def is_zero(self) -> np.ndarray:
+        return self.ps == 0
+
+    @property
+    def positive(self) -> np.ndarray:
+        return self.ps[~self.is_zero] if (~self.is_zero).any() else np.array([1e-4])
+
+    @property
+    def zero_x(self) -> float | None:
+        return self.positive.min() / 10.0 if self.is_zero.any() else None
+
+    def draw(self, ax: Any, values: np.ndarray, **style: Any) -> None:
+        """Positive p joined by a line; p = 0 as a lone marker of the same style."""
+        x = np.where(self.is_zero, self.zero_x if self.zero_x is not None else np.nan, self.ps)
+        zero = self.is_zero
+        label, line_style = style.pop("label"), style.pop("ls", "-")
+        marker, size = style.pop("marker", "o"), style.pop("ms", 3)
+        ax.plot(
+            x[~zero], values[~zero], ls=line_style, marker=marker, ms=size, label=label, **style
+        )
+        ax.plot(x[zero], values[zero], ls="none", marker=marker, ms=size + 2, **style)
+
+
 def build_fig4(sweep: Sequence[TrialLike], preset: str | None = None) -> Figure:
     """Errors, log-spread and per-layer corrections at the end of the sweep, against p.
 
@@ -392,54 +424,78 @@ def build_fig4(sweep: Sequence[TrialLike], preset: str | None = None) -> Figure:
     by_p: dict[float, list[TrialRecord]] = defaultdict(list)
     for record in records:
         by_p[_sweep_p(record)].append(record)
-    ps = np.array(sorted(by_p))
+    axis = _PAxis(np.array(sorted(by_p)))
     factor, unit = error_scale(records[0].summary["settings"]["dataset"])
     epochs_text = joined((_epochs_run(record) for record in records), "/")
 
     def mean_over_seeds(value: Any) -> np.ndarray:
-        return np.array([np.mean([value(r) for r in by_p[p]], axis=0) for p in ps])
+        return np.array([np.mean([value(r) for r in by_p[p]], axis=0) for p in axis.ps])
 
-    train = mean_over_seeds(lambda r: r.summary["train_error"] * factor)
-    test = mean_over_seeds(lambda r: r.summary["test_error"] * factor)
-    spread = mean_over_seeds(lambda r: r.number("log_spread"))
-    corrections = mean_over_seeds(_final_epoch_corrections)
     base = sweep_base()
     overlay = {str(record.summary.get("trial")) for record in records} == {base}
     published = {
-        split: _published_sweep(by_p, ps, split) * factor if overlay else np.full(ps.size, np.nan)
+        split: _published_sweep(by_p, axis.ps, split) * factor
+        if overlay
+        else np.full(axis.ps.size, np.nan)
         for split, _ in SPLIT_STYLES
     }
-
-    is_zero = ps == 0
-    positive = ps[~is_zero] if (~is_zero).any() else np.array([1e-4])
-    zero_x = positive.min() / 10.0 if is_zero.any() else None
-    x = np.where(is_zero, zero_x if zero_x is not None else np.nan, ps)
-
     fig = Figure(figsize=(6.8, 7.4), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
+    errors = {
+        split: mean_over_seeds(lambda r, s=split: r.summary[f"{s}_error"] * factor)
+        for split, _ in SPLIT_STYLES
+    }
+    spread = mean_over_seeds(lambda r: r.number("log_spread"))
+    ylabel = (
+        f"error after {epochs_text} epoch(s) (%)"
+        if unit == "% error"
+        else f"{unit} after {epochs_text} epoch(s)"
+    )
+    shown = _draw_sweep_errors(top, axis, errors, published, spread, ylabel)
+    _draw_sweep_corrections(bottom, axis, mean_over_seeds(_final_epoch_corrections))
+    for ax in (top, bottom):
+        _p_axis(ax, axis.zero_x, axis.positive)
+
+    counts = sorted({len(group) for group in by_p.values()})
+    seeds = "one seed per p" if counts == [1] else f"mean over {'/'.join(map(str, counts))} seeds"
+    if overlay:
+        published_note = f"published sweep (seed 0): {shown} of {len(axis.ps)} p at our epoch"
+    else:
+        published_note = f"no published sweep of this base (it swept {base})"
+    fig.suptitle(
+        f"Fig. 4: sweep of p, {len(axis.ps)} values, {epochs_text} epoch(s); {seeds}\n"
+        f"{_run_text(records, preset)}\n{published_note}",
+        fontsize=10,
+    )
+    return fig
+
+
+def _draw_sweep_errors(
+    top: Any,
+    axis: _PAxis,
+    errors: Mapping[str, np.ndarray],
+    published: Mapping[str, np.ndarray],
+    spread: np.ndarray,
+    ylabel: str,
+) -> int:
+    """Our errors, the published ones where there are some, and the log-spread on a twin
+    axis; returns how many p have a published test error."""
     spread_ax = top.twinx()
-
-    def draw(ax: Any, values: np.ndarray, **style: Any) -> None:
-        """Positive p joined by a line; p = 0 as a lone marker of the same style."""
-        label, line_style = style.pop("label"), style.pop("ls", "-")
-        marker, size = style.pop("marker", "o"), style.pop("ms", 3)
-        ax.plot(
-            x[~is_zero],
-            values[~is_zero],
-            ls=line_style,
-            marker=marker,
-            ms=size,
-            label=label,
-            **style,
-        )
-        ax.plot(x[is_zero], values[is_zero], ls="none", marker=marker, ms=size + 2, **style)
-
-    draw(top, train, color="tab:blue", ls="-", label="training error, ours", gid="ours:train")
-    draw(top, test, color="tab:blue", ls="--", label="test error, ours", gid="ours:test")
+    axis.draw(
+        top,
+        errors["train"],
+        color="tab:blue",
+        ls="-",
+        label="training error, ours",
+        gid="ours:train",
+    )
+    axis.draw(
+        top, errors["test"], color="tab:blue", ls="--", label="test error, ours", gid="ours:test"
+    )
     shown = int(np.isfinite(published["test"]).sum())
     if shown:
         for split, style in SPLIT_STYLES:
-            draw(
+            axis.draw(
                 top,
                 published[split],
                 color="0.35",
@@ -451,40 +507,25 @@ def build_fig4(sweep: Sequence[TrialLike], preset: str | None = None) -> Figure:
                 label=f"{SPLIT_NAMES[split]} error, {PUBLISHED_LABEL}",
                 gid=f"published:sweep:{split}",
             )
-    draw(spread_ax, spread, color="tab:red", ls="-", label="log-spread")
-    top.set_ylabel(
-        f"error after {epochs_text} epoch(s) (%)"
-        if unit == "% error"
-        else f"{unit} after {epochs_text} epoch(s)"
-    )
+    axis.draw(spread_ax, spread, color="tab:red", ls="-", label="log-spread")
+    top.set_ylabel(ylabel)
     spread_ax.set_ylabel("mean log-spread", color="tab:red")
     spread_ax.tick_params(axis="y", colors="tab:red")
     top.grid(True, which="major", alpha=0.3)
     handles = top.get_legend_handles_labels()[0] + spread_ax.get_legend_handles_labels()[0]
     top.legend(handles=handles, fontsize=8, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    return shown
 
+
+def _draw_sweep_corrections(bottom: Any, axis: _PAxis, corrections: np.ndarray) -> None:
+    """Each layer pair's RMS correction in the final epoch, on a log axis."""
     for k, colour in enumerate(_pair_colours(corrections.shape[1])):
-        draw(bottom, _positive(corrections[:, k]), color=colour, label=_pair_label(k))
+        axis.draw(bottom, _positive(corrections[:, k]), color=colour, label=_pair_label(k))
     bottom.set_yscale("log")
     bottom.set_ylabel("RMS correction, final epoch")
     bottom.set_xlabel("rewiring probability p  (0 shown left of the axis break)")
     bottom.grid(True, which="major", alpha=0.3)
     bottom.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
-    for ax in (top, bottom):
-        _p_axis(ax, zero_x, positive)
-
-    counts = sorted({len(group) for group in by_p.values()})
-    seeds = "one seed per p" if counts == [1] else f"mean over {'/'.join(map(str, counts))} seeds"
-    if overlay:
-        published_note = f"published sweep (seed 0): {shown} of {len(ps)} p at our epoch"
-    else:
-        published_note = f"no published sweep of this base (it swept {base})"
-    fig.suptitle(
-        f"Fig. 4: sweep of p, {len(ps)} values, {epochs_text} epoch(s); {seeds}\n"
-        f"{_run_text(records, preset)}\n{published_note}",
-        fontsize=10,
-    )
-    return fig
 
 
 def fig4(

@@ -1,4 +1,4 @@
-"""Command line: ``python -m eqp train | bench | trials | runs | config-doc``.
+"""Command line: ``python -m eqp train | bench | equivalence | fetch | trials | runs | config-doc``.
 
 The pipeline's scripts call the same library functions directly; this is for people.
 """
@@ -178,6 +178,19 @@ def _parser() -> argparse.ArgumentParser:
         help="seed of the mnist study (repeatable; default 0)",
     )
 
+    fetch = commands.add_parser(
+        "fetch",
+        help="obtain MNIST or Fashion-MNIST, md5-verified; replaces corrupt files",
+        description="Make DATA_DIR hold the four canonical raw files of DATASET (the routes of "
+        "eqp.sources: files already there, --source-dir, torchvision's download, the offline "
+        "fallbacks). Files whose md5 does not match are deleted and fetched again.",
+    )
+    fetch.add_argument("dataset", choices=("mnist", "fashion_mnist"))
+    fetch.add_argument("--data-dir", default="resources/datasets", help="data root")
+    fetch.add_argument(
+        "--source-dir", help="a folder holding the four files (plain or .gz); no download"
+    )
+
     trials = commands.add_parser("trials", help="list the trials of a config")
     trials.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
 
@@ -335,6 +348,14 @@ def _equivalence(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch(args: argparse.Namespace) -> int:
+    from .sources import ensure_dataset, raw_dir
+
+    ensure_dataset(args.dataset, args.data_dir, user_dir=args.source_dir, repair=True)
+    print(raw_dir(args.dataset, args.data_dir))
+    return 0
+
+
 def _trials(args: argparse.Namespace) -> int:
     for name, s in trials_from_config(
         load_yaml(args.config), Path(args.config).parent.parent
@@ -397,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": _train,
         "bench": _bench,
         "equivalence": _equivalence,
+        "fetch": _fetch,
         "trials": _trials,
         "runs": _runs,
         "config-doc": _config_doc,

@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--checkpoint", help="checkpoint file: saved every epoch, resumed")
     train.add_argument(
+        "--keep-state",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the final state in OUT/state.safetensors, so that a later run with more "
+        "--epochs continues it (default: only when it is at most 64 MiB)",
+    )
+    train.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -242,6 +249,7 @@ def _train(args: argparse.Namespace) -> int:
             preset=config.get("preset"),
             threads=args.threads,
             step_kernel=args.step_kernel,
+            keep_state=args.keep_state,
         )
     except OSError as exc:
         if exc.errno != errno.ENOSPC:

@@ -757,8 +757,12 @@ def train(
     checkpoint: str | Path | None,
     log_path: str | Path,
     threads: int,
+    keep_state: bool | str | None = "auto",
 ) -> Any:
-    """Run one training job described by :meth:`Plan.job_params`; progress goes to ``log_path``."""
+    """Run one training job described by :meth:`Plan.job_params`; progress goes to ``log_path``.
+
+    ``keep_state`` (the config's: auto, True or False) says whether the finished trial keeps
+    its final state, which a later job asking for more epochs continues."""
     import warnings
 
     from .trainer import run_trial
@@ -779,6 +783,7 @@ def train(
             preset=params.get("preset"),
             threads=threads,
             eval_chunk=int(params.get("eval_chunk", 50)),
+            keep_state=None if keep_state in (None, "auto") else bool(keep_state),
         )
 
 

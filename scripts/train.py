@@ -13,4 +13,6 @@ train(
     checkpoint=smk.params.checkpoint,
     log_path=smk.log[0],
     threads=smk.threads,
+    # read from the config, not a param: whether the state is kept changes no result
+    keep_state=smk.config.get("keep_state", "auto"),
 )

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save
 
 from . import native, records
 from .converged import SorParameters, make_settler
-from .data import DataSet, load_dataset
+from .data import Batches, DataSet, load_dataset
 from .dynamics import Minimiser, make_engine
 from .graphs import precise_float32
 from .network import Network, rho
@@ -291,20 +291,33 @@ class Trainer:
 
     def evaluate(self) -> Evaluation:
         """Test error from a free phase on every test batch; test particles persist too."""
+        return self._free_phase_error(self.data.test, self.test_particles, store=True)
+
+    def training_set_error(self) -> Evaluation:
+        """Error of a free phase on every training batch at once, with no update and the
+        particles left as they were (the authors' ``calculate_training_error``)."""
+        return self._free_phase_error(self.data.train, self.train_particles, store=False)
+
+    def _free_phase_error(
+        self, batches: Batches, particles: torch.Tensor, store: bool
+    ) -> Evaluation:
         s = self.settings
-        n_batches = len(self.data.test)
+        n_batches = len(batches)
         scores = []
         last_state = None
         work = WorkTally()
         for start in range(0, n_batches, self.eval_chunk):
             stop = min(start + self.eval_chunk, n_batches)
-            x = self.data.test.x[start:stop]
-            y = self.data.test.y[start:stop]
+            x = batches.x[start:stop]
+            y = batches.y[start:stop]
             rows = x.shape[0] * x.shape[1]
-            state = self.test_particles[start:stop].reshape(rows, -1)
+            state = particles[start:stop].reshape(rows, -1)
+            if not store:
+                state = state.clone()  # in case an engine settles in place
             free = self.engine.free(x.reshape(rows, -1), state, s.free_iterations)
             work.add(self.engine.last_work, self.engine.last_capped)
-            self.test_particles[start:stop] = free.view_as(self.test_particles[start:stop])
+            if store:
+                particles[start:stop] = free.view_as(particles[start:stop])
             outputs = self._outputs(free).view(stop - start, s.batch_size, -1)
             for b in range(stop - start):
                 scores.append(self._score(outputs[b], y[b]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,8 +154,10 @@ def test_a_saved_mnist_subset_continues_with_the_cli(mnist_root, tmp_path):
     network = eqp.Network(topology, hyper, config, subset, name="mnist_5layer_swni")
     network.train(1)
     network.save(tmp_path / "a")
-    overrides = ["--set", "free_iterations=100", "--set", "train_examples=100",
-                 "--set", "test_examples=60", "--data-dir", str(mnist_root), "--no-progress"]  # fmt: skip
+    overrides = [
+        "--set", "free_iterations=100", "--set", "train_examples=100",
+        "--set", "test_examples=60", "--data-dir", str(mnist_root), "--no-progress",
+    ]  # fmt: skip
     for out, epochs in (("a", "2"), ("b", "2")):
         args = ["train", str(REPO / "config" / "paper.yaml"), "--trial", "mnist_5layer_swni",
                 "--out", str(tmp_path / out), "--epochs", epochs, *overrides]  # fmt: skip
@@ -187,7 +188,7 @@ def test_authors_spellings_and_per_layer_rates_are_accepted():
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"epsilon": -1.0}, "trial 'api': epsilon = -1.0 is invalid; it must be a finite number > 0"),
+        ({"epsilon": -1.0}, "trial 'api': epsilon = -1.0 is invalid; it must be a finite number"),
         ({"free iterations": 2.5}, "free_iterations = 2.5 is invalid"),
         ({"bogus key": 1}, "unknown setting(s) bogus_key"),
         ({"learning rate": [0.1, 0.1]}, "a per-layer list needs 6 entries"),

@@ -1,5 +1,5 @@
-"""Command line: ``python -m eqp COMMAND`` (train, bench, equivalence, trials, runs, snapshot,
-config-doc).
+"""Command line: ``python -m eqp COMMAND`` (train, bench, equivalence, fetch, trials, runs,
+snapshot, config-doc).
 
 The pipeline's scripts call the same library functions directly; this is for people.
 """
@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
         help="on CUDA: an Euler step as cuBLAS addmm + clamp (default) or one fused Triton kernel",
     )
     train.add_argument("--checkpoint", help="checkpoint file: saved every epoch, resumed")
+    train.add_argument(
+        "--keep-state",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the final state in OUT/state.safetensors, so that a later run with more "
+        "--epochs continues it (default: only when it is at most 64 MiB)",
+    )
     train.add_argument(
         "--threads",
         type=int,
@@ -179,6 +186,19 @@ def _parser() -> argparse.ArgumentParser:
         help="seed of the mnist study (repeatable; default 0)",
     )
 
+    fetch = commands.add_parser(
+        "fetch",
+        help="obtain MNIST or Fashion-MNIST, md5-verified; replaces corrupt files",
+        description="Make DATA_DIR hold the four canonical raw files of DATASET (the routes of "
+        "eqp.sources: files already there, --source-dir, torchvision's download, the offline "
+        "fallbacks). Files whose md5 does not match are deleted and fetched again.",
+    )
+    fetch.add_argument("dataset", choices=("mnist", "fashion_mnist"))
+    fetch.add_argument("--data-dir", default="resources/datasets", help="data root")
+    fetch.add_argument(
+        "--source-dir", help="a folder holding the four files (plain or .gz); no download"
+    )
+
     trials = commands.add_parser("trials", help="list the trials of a config")
     trials.add_argument(
         "config",
@@ -256,6 +276,7 @@ def _train(args: argparse.Namespace) -> int:
             preset=config.get("preset"),
             threads=args.threads,
             step_kernel=args.step_kernel,
+            keep_state=args.keep_state,
         )
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
@@ -363,6 +384,14 @@ def _equivalence(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch(args: argparse.Namespace) -> int:
+    from eqp.data.sources import ensure_dataset, raw_dir
+
+    ensure_dataset(args.dataset, args.data_dir, user_dir=args.source_dir, repair=True)
+    print(raw_dir(args.dataset, args.data_dir))
+    return 0
+
+
 def _trials(args: argparse.Namespace) -> int:
     path = Path(args.config or DEFAULT_CONFIG)
     if args.config is None and not path.is_file():
@@ -406,8 +435,7 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _snapshot(args: argparse.Namespace) -> int:
-    from eqp.pipeline import Plan
-    from eqp.pipeline.snapshot import take_snapshot
+    from eqp.pipeline import Plan, take_snapshot
 
     config_path = Path(args.config)
     plan = Plan.from_config(load_yaml(config_path), base_dir=config_path.resolve().parent.parent)
@@ -467,6 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": _train,
         "bench": _bench,
         "equivalence": _equivalence,
+        "fetch": _fetch,
         "trials": _trials,
         "runs": _runs,
         "snapshot": _snapshot,

@@ -11,6 +11,10 @@ from eqp.pipeline import logged
 smk = snakemake  # noqa: F821  (injected by Snakemake's script directive)
 
 with logged(smk.log[0], writes_to=smk.output):
+    # repair: files that no longer match their md5 are deleted and fetched again
     ensure_dataset(
-        smk.params.name, smk.params.root, user_dir=smk.config.get("dataset_source_dir") or None
+        smk.params.name,
+        smk.params.root,
+        user_dir=smk.config.get("dataset_source_dir") or None,
+        repair=True,
     )

@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("training", frozenset({"training"})),
     ("pipeline", frozenset({"pipeline"})),
     ("studies", frozenset({"studies"})),
-    ("command line", frozenset({"cli", "__main__", "__init__"})),
+    ("interfaces", frozenset({"api", "datasets", "cli", "__main__", "__init__"})),
 )
 
 

@@ -57,6 +57,25 @@ def _minmax_columns(values: np.ndarray) -> np.ndarray:
     return values
 
 
+def check_raw_files(dataset: str, root: Path) -> None:
+    """The four raw files, md5-checked before anything reads them (once per process).
+
+    A missing file is a DataError (fetch the data set first); a corrupt or truncated one is
+    the one-line DatasetError of eqp.sources, naming the file, its md5 and the fix, instead of
+    an IndexError deep inside the reading code.
+    """
+    from eqp.data.sources import FILES, check_files, raw_dir
+
+    folder = raw_dir(dataset, root)
+    missing = [name for name in FILES if not (folder / name).is_file()]
+    if missing:
+        raise DataError(
+            f"{dataset} is not under {root} ({folder} lacks {', '.join(missing)}); fetch it "
+            f"first with `python -m eqp fetch {dataset} --data-dir {root}` or with snakemake"
+        )
+    check_files(dataset, root)
+
+
 def _torchvision_split(dataset: str, root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
     from torchvision import datasets
 
@@ -99,6 +118,7 @@ def load_dataset(
         if data_root is None:
             raise DataError(f"{settings.dataset} needs a data directory (data_root)")
         root = Path(data_root)
+        check_raw_files(settings.dataset, root)
         train = _image_batches(
             *_torchvision_split(settings.dataset, root, True), n_train, size, rng
         )

@@ -108,6 +108,8 @@ def run_training_job(smk: Any) -> Any:
         checkpoint=params.checkpoints[0],
         log_path=smk.log[0],
         threads=smk.threads,
+        # read from the config, not a param: whether the state is kept changes no result
+        keep_state=smk.config.get("keep_state", "auto"),
     )
 
 
@@ -119,8 +121,12 @@ def train(
     checkpoint: str | Path | None,
     log_path: str | Path,
     threads: int,
+    keep_state: bool | str | None = "auto",
 ) -> Any:
-    """Run one training job described by :meth:`Plan.job_params`; progress goes to ``log_path``."""
+    """Run one training job described by :meth:`Plan.job_params`; progress goes to ``log_path``.
+
+    ``keep_state`` (the config's: auto, True or False) says whether the finished trial keeps
+    its final state, which a later job asking for more epochs continues."""
     import warnings
 
     from eqp.training.trainer import run_trial
@@ -141,6 +147,7 @@ def train(
             preset=params.get("preset"),
             threads=threads,
             eval_chunk=int(params.get("eval_chunk", 50)),
+            keep_state=None if keep_state in (None, "auto") else bool(keep_state),
         )
 
 

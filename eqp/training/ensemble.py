@@ -36,9 +36,9 @@ from eqp.training.trainer import (
     TrialOutcome,
     WorkTally,
     _check_writable_places,
+    finish_trial_folder,
     record_epoch,
     record_initial,
-    write_trial_folder,
 )
 
 
@@ -331,8 +331,10 @@ def run_ensemble(
     eval_chunk: int = 50,
     cuda_graphs: bool = True,
     step_kernel: str = "cublas",
+    keep_state: bool | None = None,
 ) -> list[TrialOutcome]:
-    """Train stackable trials together; write each one's folder as :func:`run_trial` would.
+    """Train stackable trials together; write each one's folder as :func:`run_trial` would
+    (its kept state too, which only a stack of the same kind continues).
 
     Checkpoints (one per member, after every epoch) resume only together: if any member's
     is missing or unusable, every member starts over, since they must stay in lockstep.
@@ -394,7 +396,7 @@ def run_ensemble(
     total = time.perf_counter() - started
     outcomes = []
     for member, folder, checkpoint, start in zip(trainers, out_dirs, paths, resumed, strict=True):
-        summary = write_trial_folder(member, Path(folder), preset, total)
+        summary = finish_trial_folder(member, Path(folder), preset, total, keep_state)
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
         outcomes.append(TrialOutcome(Path(folder), summary, start))

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from eqp.config.settings import TrialSettings
-from eqp.data.datasets import DataSet, load_dataset
+from eqp.data.datasets import Batches, DataSet, load_dataset
 from eqp.engines.backends import c_kernel
 from eqp.engines.backends.cuda_graphs import precise_float32
 from eqp.engines.converged import SorParameters, make_settler
@@ -36,6 +36,15 @@ CHECKPOINT_FORMAT = 1
 CHECKPOINT_TENSORS = frozenset(
     {"weights", "biases", "train_particles", "test_particles", "mean_abs_dw", "stream_key"}
 )
+# A finished trial's state, in the checkpoint format (plus the mask and the settings), kept in
+# its folder so that asking for more epochs continues it exactly; see run_trial's keep_state.
+STATE_FILE = "state.safetensors"
+# keep_state=None keeps the state when it is at most this large: every Diabetes/Wine trial and
+# MNIST subsets, but not the full MNIST trials (~151 MiB 5-layer, ~457 MiB 3-layer).
+KEEP_STATE_AUTO_BYTES = 64 * 2**20
+# Settings that do not change a single bit of the epochs both runs train: a checkpoint made
+# for fewer (or more) epochs, or under another name, continues exactly.
+_NOT_ARITHMETIC = ("epochs", "name")
 
 
 class DeviceError(RuntimeError):
@@ -273,6 +282,8 @@ class Trainer:
         self.epoch += 1
         epoch_abs /= n_batches
         self.mean_abs_dw += (epoch_abs - self.mean_abs_dw) / self.epoch
+        # this epoch's own mean |dW| (N x H columns): the authors' API's mean_dW
+        self.last_epoch_abs_dw = epoch_abs
         if self.data.classification:
             total = n_batches * self.settings.batch_size
             error = (total - int(score.item())) / total
@@ -282,20 +293,33 @@ class Trainer:
 
     def evaluate(self) -> Evaluation:
         """Test error from a free phase on every test batch; test particles persist too."""
+        return self._free_phase_error(self.data.test, self.test_particles, store=True)
+
+    def training_set_error(self) -> Evaluation:
+        """Error of a free phase on every training batch at once, with no update and the
+        particles left as they were (the authors' ``calculate_training_error``)."""
+        return self._free_phase_error(self.data.train, self.train_particles, store=False)
+
+    def _free_phase_error(
+        self, batches: Batches, particles: torch.Tensor, store: bool
+    ) -> Evaluation:
         s = self.settings
-        n_batches = len(self.data.test)
+        n_batches = len(batches)
         scores = []
         last_state = None
         work = WorkTally()
         for start in range(0, n_batches, self.eval_chunk):
             stop = min(start + self.eval_chunk, n_batches)
-            x = self.data.test.x[start:stop]
-            y = self.data.test.y[start:stop]
+            x = batches.x[start:stop]
+            y = batches.y[start:stop]
             rows = x.shape[0] * x.shape[1]
-            state = self.test_particles[start:stop].reshape(rows, -1)
+            state = particles[start:stop].reshape(rows, -1)
+            if not store:
+                state = state.clone()  # in case an engine settles in place
             free = self.engine.free(x.reshape(rows, -1), state, s.free_iterations)
             work.add(self.engine.last_work, self.engine.last_capped)
-            self.test_particles[start:stop] = free.view_as(self.test_particles[start:stop])
+            if store:
+                particles[start:stop] = free.view_as(particles[start:stop])
             outputs = self._outputs(free).view(stop - start, s.batch_size, -1)
             for b in range(stop - start):
                 scores.append(self._score(outputs[b], y[b]))
@@ -326,9 +350,13 @@ class Trainer:
     def fingerprint(self) -> str:
         """Identifies what a checkpoint may resume: settings, engine, weight layout and
         evaluation chunking (each changes the last bits, so a resumed run would not equal an
-        uninterrupted one)."""
+        uninterrupted one). The number of epochs and the trial's name are left out: they
+        change no bit of the epochs trained, so a finished run continues to more epochs."""
+        settings = self.settings.to_dict()
+        for key in _NOT_ARITHMETIC:
+            settings.pop(key)
         identity = {
-            "settings": self.settings.to_dict(),
+            "settings": settings,
             "engine": self.engine.name,
             "layout": getattr(self.engine, "layout", "full"),
             "settle": self.settle_record(),
@@ -353,7 +381,12 @@ class Trainer:
             return {"method": "euler", "steps": self.settings.free_iterations}
         return self.sor.as_dict()
 
-    def save_checkpoint(self, path: Path) -> None:
+    def save_checkpoint(self, path: Path, with_mask: bool = False) -> None:
+        """Everything the next epoch reads (safetensors; metadata as JSON, no pickle).
+
+        ``with_mask`` adds the connection mask, so a kept final state describes the network
+        whole on its own (the mask is otherwise rebuilt from the settings' seed).
+        """
         key, pos, has_gauss, gauss = self.stream.get_state(legacy=True)[1:]
         meta = {
             "fingerprint": self.fingerprint(),
@@ -375,6 +408,8 @@ class Trainer:
         }
         if self.history.rates:
             tensors["rates"] = torch.from_numpy(np.stack(self.history.rates))
+        if with_mask:
+            tensors["mask"] = self.net.mask
         blob = save(
             {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
             metadata={"state": json.dumps(meta)},
@@ -405,6 +440,10 @@ class Trainer:
             return f"it is corrupt or truncated ({reason})"
         if meta.get("fingerprint") != self.fingerprint():
             return "it was made with other settings, another engine or another weight layout"
+        if int(meta["epoch"]) > self.settings.epochs:
+            return f"it is after epoch {meta['epoch']}, beyond the {self.settings.epochs} asked"
+        if "mask" in tensors and not torch.equal(tensors["mask"], self.net.mask.cpu()):
+            return "its connection mask is not the one these settings build"
         return meta, tensors
 
     def resume_from(self, path: Path) -> str | None:
@@ -487,11 +526,15 @@ def run_trial(
     eval_chunk: int = 50,
     layout: str = "auto",
     step_kernel: str = "cublas",
+    keep_state: bool | None = None,
 ) -> TrialOutcome:
     """Train ``settings`` for its epochs and write a complete trial folder to ``out_dir``.
 
     With ``checkpoint`` (a file path outside the declared outputs) the state is saved after
-    every epoch and a rerun continues from the last complete one. ``threads`` is the number
+    every epoch and a rerun continues from the last complete one. A finished trial keeps its
+    final state in ``out_dir/state.safetensors`` (``keep_state``: True, False, or None = only
+    when it is at most ``KEEP_STATE_AUTO_BYTES``); a later run asking for more epochs of the
+    same trial continues from it, bitwise as one uninterrupted run. ``threads`` is the number
     of cores the fused kernel uses; torch itself stays on one thread, because MKL splits a
     product's inner dimension differently for other thread counts (the input drive's GEMM
     rounds differently at 3 threads here), and results must not depend on the thread count.
@@ -525,6 +568,8 @@ def run_trial(
         else:
             log(f"ignored the checkpoint {checkpoint_path}: {problem}; starting over")
     if not trainer.history.rows:
+        resumed = _continue_kept_state(trainer, Path(out_dir), log)
+    if not trainer.history.rows:
         tick = time.perf_counter()
         record_initial(trainer, trainer.evaluate(), time.perf_counter() - tick, log)
         if checkpoint_path is not None:
@@ -541,10 +586,64 @@ def run_trial(
     finally:
         if bar is not None:
             bar.close()
-    summary = write_trial_folder(trainer, Path(out_dir), preset, time.perf_counter() - started)
+    summary = finish_trial_folder(
+        trainer, Path(out_dir), preset, time.perf_counter() - started, keep_state
+    )
     if checkpoint_path is not None:
         checkpoint_path.unlink(missing_ok=True)
     return TrialOutcome(Path(out_dir), summary, resumed)
+
+
+def state_bytes(trainer: Trainer) -> int:
+    """Size of a trial's kept state file: parameters, mask, particles, mean |dW| (float32)."""
+    tensors = (
+        trainer.net.weights,
+        trainer.net.biases,
+        trainer.net.mask,
+        trainer.train_particles,
+        trainer.test_particles,
+        trainer.mean_abs_dw,
+    )
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _continue_kept_state(trainer: Trainer, folder: Path, log: Callable[[str], None]) -> int:
+    """Restore a finished run's kept state from ``folder`` if this run asks for more epochs
+    of the same trial; return the epoch it continues after (0 if it does not).
+
+    Asked for the same epochs again, a trial trains from the start as before (a rerun after
+    a change to the code must not reuse old results).
+    """
+    path = folder / STATE_FILE
+    if not path.is_file():
+        return 0
+    checkpoint = trainer.read_checkpoint(path)
+    if isinstance(checkpoint, str):
+        log(f"the kept state {path} is not continued: {checkpoint}; starting over")
+        return 0
+    epoch = int(checkpoint[0]["epoch"])
+    if epoch >= trainer.settings.epochs:
+        return 0
+    # the folder's files are those of the shorter run until this one ends: mark it incomplete
+    (folder / "summary.json").unlink(missing_ok=True)
+    trainer.restore(*checkpoint)
+    log(f"continued from the kept state of the finished run after epoch {epoch}")
+    return epoch
+
+
+def finish_trial_folder(
+    trainer: Trainer, folder: Path, preset: str | None, seconds: float, keep_state: bool | None
+) -> dict[str, Any]:
+    """Keep (or drop) the final state, then write the trial folder, summary.json last."""
+    keep = state_bytes(trainer) <= KEEP_STATE_AUTO_BYTES if keep_state is None else keep_state
+    path = folder / STATE_FILE
+    if keep:
+        folder.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(path, with_mask=True)
+    else:
+        # a state left by an earlier run would not describe this folder's files
+        path.unlink(missing_ok=True)
+    return write_trial_folder(trainer, folder, preset, seconds)
 
 
 def record_initial(

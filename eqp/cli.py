@@ -435,7 +435,8 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _snapshot(args: argparse.Namespace) -> int:
-    from eqp.pipeline import Plan, take_snapshot
+    from eqp.pipeline import Plan
+    from eqp.pipeline.snapshot import take_snapshot
 
     config_path = Path(args.config)
     plan = Plan.from_config(load_yaml(config_path), base_dir=config_path.resolve().parent.parent)

@@ -163,3 +163,22 @@ def test_a_snapshot_copies_finished_and_unfinished_folders_and_draws_table1(kill
     assert set(done["figures"]) == {"fig2", "fig3", "fig4", "fig5"}
     table = (tmp_path / "snap" / "table1.csv").read_text()
     assert TRIAL in table and json.dumps(epoch) in table
+
+
+def test_the_snapshot_command_writes_figures_and_table1(killed_run, tmp_path):
+    results, _, epoch = killed_run
+    config = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
+    config["results_dir"] = str(results)
+    config["trials_file"] = str(ROOT / "config" / "paper.yaml")
+    config_file = tmp_path / "config" / "run.yaml"
+    config_file.parent.mkdir()
+    config_file.write_text(yaml.safe_dump(config))
+    shown = subprocess.run(
+        [sys.executable, "-m", "eqp", "snapshot", str(config_file), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "1 folder(s) copied" in shown.stdout and "1 of them unfinished" in shown.stdout
+    assert TRIAL in (tmp_path / "o" / "table1.md").read_text()

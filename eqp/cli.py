@@ -447,7 +447,7 @@ def _snapshot(args: argparse.Namespace) -> int:
     )
     for figure, what in done["figures"].items():
         print(f"{figure}: {what}")
-    print(f"Table 1: {Path(args.out) / 'table1.md'}")
+    print(f"Table 1: {done['table'] or 'no trial of it has finished an epoch yet'}")
     return 0
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from eqp.outputs import records
 from eqp.outputs.progress import PartialRecord, record_so_far
 from eqp.outputs.records import RecordError, TrialRecord
-from eqp.pipeline.plan import FIGURE_TRIALS, FIGURES, Plan
+from eqp.pipeline.plan import FIGURES, Plan
 
 log = logging.getLogger(__name__)
 SLIM_NOTE = (
@@ -68,8 +68,8 @@ def write_slim(record: TrialRecord, dest: Path, with_mean_dw: bool) -> None:
 def take_snapshot(plan: Plan, out: str | Path) -> dict[str, Any]:
     """Copy every folder of ``plan`` so far to ``out/results``; draw figures and Table 1.
 
-    Returns what was written: the folders (finished and partial) and the figures drawn, or
-    why a figure was not.
+    Returns what was written: the folders (finished and partial), the figures drawn (or why
+    a figure was not) and Table 1's Markdown file (None while no trial of it has an epoch).
     """
     from eqp.outputs.figures import fig2, fig3, fig4, fig5
     from eqp.outputs.table import build_table1, write_table1
@@ -78,6 +78,7 @@ def take_snapshot(plan: Plan, out: str | Path) -> dict[str, Any]:
     root = Path(plan.results_dir)
     copies: dict[str, Path] = {}
     partial = []
+    fig5_folders = {f for folders in plan.figure_groups("fig5").values() for f in folders}
     for folder, settings in plan_settings(plan).items():
         try:
             record = record_so_far(folder, root, settings)
@@ -85,8 +86,7 @@ def take_snapshot(plan: Plan, out: str | Path) -> dict[str, Any]:
             log.info("left out %s: %s", folder, exc)
             continue
         dest = out / "results" / Path(folder).relative_to(root)
-        name = str(settings["name"])
-        write_slim(record, dest, with_mean_dw=name in FIGURE_TRIALS["fig5"])
+        write_slim(record, dest, with_mean_dw=folder in fig5_folders)
         copies[folder] = dest
         if isinstance(record, PartialRecord):
             partial.append(folder)
@@ -117,10 +117,10 @@ def take_snapshot(plan: Plan, out: str | Path) -> dict[str, Any]:
         name: [TrialRecord.open(copies[f]) for f in folders if f in copies]
         for name, folders in plan.table_groups().items()
     }
-    write_table1(
-        build_table1(groups, partial=True),
-        out / "table1.csv",
-        out / "table1.md",
-        out / "table1.tex",
-    )
-    return {"folders": sorted(copies), "partial": sorted(partial), "figures": drawn}
+    table = None
+    if any(groups.values()):
+        table = out / "table1.md"
+        write_table1(
+            build_table1(groups, partial=True), out / "table1.csv", table, out / "table1.tex"
+        )
+    return {"folders": sorted(copies), "partial": sorted(partial), "figures": drawn, "table": table}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from eqp.data.datasets import synthetic_dataset
-from eqp.engines.backends import cuda_graphs, torchscript
+from eqp.engines.backends import torchscript
 from eqp.engines.backends.cuda_graphs import GraphedLoops
 from eqp.studies.bench_cuda import CudaTiming, project_paper_hours
 from eqp.training.ensemble import Ensemble
@@ -40,7 +40,7 @@ def test_a_replayed_graph_equals_the_eager_loop_bit_for_bit(cuda_device):
         state = torch.rand(rows, hidden, device=cuda_device, generator=generator)
         target = torch.rand(rows, 10, device=cuda_device, generator=generator)
         for tgt, pull in ((None, 0.0), (target, 0.25), (target, -0.25)):
-            replayed = cuda_graphs.run(
+            replayed = graphs.run(
                 torchscript.graph_dense_loop,
                 (drive, state, tgt),
                 (matrix,),
@@ -200,7 +200,7 @@ def test_the_triton_kernel_computes_the_step_in_tritons_interpreter(tmp_path):
     script = tmp_path / "interpret.py"
     script.write_text(
         "import torch\n"
-        "from eqp import torchscript\n"
+        "from eqp.engines.backends import torchscript\n"
         "from eqp.engines.backends.triton_step import triton_loop\n"
         "g = torch.Generator().manual_seed(0)\n"
         "for m, r, h in ((1, 20, 130), (3, 20, 70), (2, 70, 100)):\n"

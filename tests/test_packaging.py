@@ -62,11 +62,11 @@ def test_wheels_carry_the_kernel_and_install_without_a_compiler(tmp_path):
         pytest.skip("no C compiler here")
     names, _ = _build_wheel(tmp_path / "with", {})
     assert any(n.startswith("eqp/_settle") and n.endswith((".so", ".pyd")) for n in names)
-    assert "eqp/c_kernel.py" in names
+    assert "eqp/engines/backends/c_kernel.py" in names
 
     names, log = _build_wheel(tmp_path / "without", {"CC": "false", "LDSHARED": "false"})
     assert not any(n.startswith("eqp/_settle") for n in names)
-    assert "eqp/c_kernel.py" in names
+    assert "eqp/engines/backends/c_kernel.py" in names
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ SNAKEMAKE_ARGS ?=
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py eqp/csrc/settle.c
+$(VENV)/.installed: pyproject.toml setup.py eqp/csrc/settle.c eqp/csrc/settle_arith.h eqp/csrc/update.h
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

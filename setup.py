@@ -47,7 +47,7 @@ setup(
         Extension(
             "eqp._settle",
             sources=["eqp/csrc/settle.c"],
-            depends=["eqp/csrc/settle_arith.h"],
+            depends=["eqp/csrc/settle_arith.h", "eqp/csrc/update.h"],
             # the source spells out every fused multiply-add; the compiler adds none
             extra_compile_args=["-O3", "-ffp-contract=off"],
             optional=True,

@@ -135,8 +135,6 @@ class Trainer:
         step_kernel: str = "cublas",
         update: str = "auto",
     ) -> None:
-        if update not in UPDATES:
-            raise ValueError(f"unknown update {update!r}; use one of {', '.join(UPDATES)}")
         self.settings = settings
         self.threads = max(1, threads)
         self.device = resolve_device(settings.device)
@@ -190,7 +188,14 @@ class Trainer:
             if settings.correct_bias_quirk:
                 self._bias_factor = self._layer_bias_factor(settings.pair_learning_rates)
         self._inner = inner
-        self._native = self._native_update(update, inner)
+        self.set_update(update)
+
+    def set_update(self, update: str) -> None:
+        """Choose the weight update ("auto" or "torch", see UPDATES); ``update`` then says
+        which one runs ("native" or "torch"). Both give the same bits."""
+        if update not in UPDATES:
+            raise ValueError(f"unknown update {update!r}; use one of {', '.join(UPDATES)}")
+        self._native = self._native_update(update, self._inner)
         self.update = "native" if self._native is not None else "torch"
 
     def _native_update(self, update: str, inner: Minimiser) -> native.FusedUpdate | None:
@@ -247,7 +252,7 @@ class Trainer:
         size = x.shape[0]
         d_biases = ((r_nudged - r_free) / beta).mean(0)
         if self._native is not None:
-            rate = float(self.settings.learning_rate)
+            rate = 0.0 if self._factor is not None else float(self.settings.learning_rate)
             self._native.apply(
                 both,
                 signed,

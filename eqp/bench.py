@@ -270,8 +270,11 @@ def time_phases(
                         evaluation = trainer.evaluate()
                         per_chunk = time.perf_counter() - tick
                     key = (method, count, trainer.update)
-                    previous = best.get(key, [math.inf, math.inf])
-                    best[key] = [min(previous[0], per_batch), min(previous[1], per_chunk)]
+                    previous = best.get(key, [math.inf, math.nan])
+                    chunk_best = per_chunk if math.isnan(previous[1]) else previous[1]
+                    if not math.isnan(per_chunk):
+                        chunk_best = min(chunk_best, per_chunk)
+                    best[key] = [min(previous[0], per_batch), chunk_best]
                     tallies[key] = (trainer.train_work, evaluation.work if evaluation else None)
     results = []
     for (method, count, update), (per_batch, per_chunk) in best.items():

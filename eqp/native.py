@@ -78,6 +78,7 @@ class _UpdatePlan(ctypes.Structure):
                 "blk_pack",
                 "blk_pack_t",
                 "blk_record",
+                "blk_full",
                 "task_block",
                 "task_row",
                 "task_rows",
@@ -457,7 +458,7 @@ class FusedUpdate:
         covered = torch.zeros_like(upper)
         fused_blocks = steps.block_offsets if steps is not None else {}
         layers = len(offsets) - 1
-        blocks: list[tuple[int, int, int, int, int, int, int]] = []
+        blocks: list[tuple[int, int, int, int, int, int, int, int]] = []
         for la in range(layers):
             for lb in range(max(la + 1, 1), layers):
                 a, b, c, d = offsets[la], offsets[la + 1], offsets[lb], offsets[lb + 1]
@@ -471,7 +472,8 @@ class FusedUpdate:
                         continue  # the kernel keeps this pair in its CSR list: so do we
                     pack, pack_t = fused_blocks[pair], fused_blocks[mirror]
                 record = int((la, lb) in record_blocks)
-                blocks.append((a, b - a, c, d - c, pack, pack_t, record))
+                full = int(count == (b - a) * (d - c))
+                blocks.append((a, b - a, c, d - c, pack, pack_t, record, full))
                 covered[a:b, c:d] = True
         rows, cols, crow = csr_index(upper & ~covered)
         cpack = torch.full((len(rows),), -1, dtype=torch.int64)
@@ -497,7 +499,7 @@ class FusedUpdate:
                 start, pending = i + 1, 0
             elif not pending:
                 start = i + 1
-        columns = list(zip(*blocks, strict=True)) if blocks else [[]] * 7
+        columns = list(zip(*blocks, strict=True)) if blocks else [[]] * 8
         cost = torch.tensor([0] + [t[3] for t in tasks], dtype=torch.int64).cumsum(0)
         self._keep = [
             _i32(list(columns[0])),
@@ -507,6 +509,7 @@ class FusedUpdate:
             _i64(list(columns[4])),
             _i64(list(columns[5])),
             _i32(list(columns[6])),
+            _i32(list(columns[7])),
             _i32([t[0] for t in tasks]),
             _i32([t[1] for t in tasks]),
             _i32([t[2] for t in tasks]),

@@ -236,7 +236,8 @@ class Trainer:
     def _update(
         self, x: torch.Tensor, free: torch.Tensor, nudged: torch.Tensor, beta: float
     ) -> torch.Tensor:
-        """Apply the EqProp update, add |dW| to ``epoch_abs``; return the per-layer rates.
+        """Apply the EqProp update, add |dW| to ``epoch_abs`` (the compiled path: its upper
+        triangle, see ``_mirror_hidden``); return the per-layer rates.
 
         dW is symmetric and zero between inputs, so only its columns of non-input neurons
         (N x H) are computed. The torch path forms them as one matrix product and mirrors the
@@ -282,6 +283,12 @@ class Trainer:
         self.engine.refresh()
         self.epoch_abs += d_weights.abs_()
         return rates
+
+    def _mirror_hidden(self, columns: torch.Tensor) -> None:
+        """Fill the hidden x hidden lower triangle of an N x H record from its upper one (the
+        compiled update sums |dW| there only; dW is symmetric, so these are the same sums)."""
+        hidden = columns[self.net.n_inputs :]
+        hidden += hidden.triu(1).T
 
     def _pair_rates(self, d_weights: torch.Tensor) -> torch.Tensor:
         """Per layer pair: the RMS of dW over its connections (norm over the block)."""
@@ -330,6 +337,8 @@ class Trainer:
             if progress is not None:
                 progress(1)
         self.epoch += 1
+        if self._native is not None:
+            self._mirror_hidden(epoch_abs)
         epoch_abs /= n_batches
         self.mean_abs_dw += (epoch_abs - self.mean_abs_dw) / self.epoch
         if self.data.classification:

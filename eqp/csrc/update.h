@@ -10,11 +10,13 @@
  *           FMA chain in k per entry, measured bit-equal; eqp.native checks it at run time)
  *     d   = ((acc / beta) / size) * mask[i][j]
  *     w   = W[i][j] + (factor ? d * factor[i][j] : rate * d)
- *     W[i][j] = W[j][i] = w, the kernel's packed copies eps * w, |dW| sums += |d| at both
+ *     W[i][j] = W[j][i] = w, the kernel's packed copies eps * w, |dW| sum at (i, j) += |d|
  *
  * dW and W are symmetric (products commute, and the torch path mirrors the input rows), so
- * the lower triangle is written, not computed. Dense blocks (the mask's populated layer
- * pairs) run as tiles of 4 rows x 24 columns in registers; the scattered rest as a CSR list,
+ * the lower triangle is written, not computed (its |dW| sums are the upper's: the trainer
+ * copies them across once per epoch). Dense blocks (the mask's populated layer
+ * pairs) run as tiles of 4 rows x 16 columns in registers (the mirrored entries written
+ * four at a time through 4 x 4 transposes); the scattered rest as a CSR list,
  * 8 entries at a time by gathers. Tasks are split across threads by cost; every entry is
  * computed by one thread with the same instructions whatever the thread count, so the
  * results are bitwise the same for any number of threads. Only the AVX2+FMA variant exists:
@@ -33,6 +35,7 @@ struct eqp_update_plan {
     const int64_t *blk_pack;   /* eps W[block] row-major in packed, or -1 */
     const int64_t *blk_pack_t; /* eps W[block]^T row-major in packed, or -1 */
     const int32_t *blk_record; /* 1: store d in record (a block the per-layer rates read) */
+    const int32_t *blk_full;   /* 1: every entry a connection (the mask's 1 need not be read) */
     const int32_t *task_block; /* a task's dense block, or -1: rows of the CSR list */
     const int32_t *task_row;   /* its first row */
     const int32_t *task_rows;  /* and rows */
@@ -53,41 +56,35 @@ struct eqp_update_args {
     float *packed;       /* the fused kernel's dense blocks (eps W), or NULL */
     float *values;       /* the fused kernel's CSR values (eps W), or NULL */
     float *record;       /* n x h: d of the blocks the per-layer rates read, and of the CSR list */
-    float *abs_sum;      /* n x h: += |d| */
+    float *abs_sum;      /* n x h: += |d| (the upper triangle's entries only) */
 };
 
 #ifdef EQP_AVX2
 #define UPD_ROWS 4
-#define UPD_VECS 3
+#define UPD_VECS 2
 
-/* One dense tile's dot products: rows i0 .. i0+R-1, columns j0 .. j0+8NV-1 (of dW). */
+/* One dense tile's dot products: rows i0 .. i0+R-1, columns j0 .. j0+8NV-1 (of dW); with
+ * `lanes` < 8 (NV = 1) only that many columns are read (a block's last ones). */
 static inline __attribute__((always_inline, target("avx2,fma"))) void upd_dots(
     const int R, const int NV, const struct eqp_update_plan *p, const struct eqp_update_args *a,
-    int i0, int j0, __m256 acc[UPD_ROWS][UPD_VECS])
+    int i0, int j0, int lanes, __m256 acc[UPD_ROWS][UPD_VECS])
 {
     const int64_t n = p->n, h = p->n - p->n_in;
     for (int r = 0; r < R; r++)
         for (int v = 0; v < NV; v++) acc[r][v] = _mm256_setzero_ps();
     const float *b = a->both + i0, *s = a->sgn + (j0 - p->n_in);
+    const __m256i first = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i some = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), first);
     for (int k = 0; k < p->k; k++) {
         __m256 x[UPD_VECS];
-        for (int v = 0; v < NV; v++) x[v] = _mm256_loadu_ps(s + k * h + 8 * v);
+        if (lanes < 8) x[0] = _mm256_maskload_ps(s + k * h, some);
+        else
+            for (int v = 0; v < NV; v++) x[v] = _mm256_loadu_ps(s + k * h + 8 * v);
         for (int r = 0; r < R; r++) {
             const __m256 y = _mm256_broadcast_ss(b + k * n + r);
             for (int v = 0; v < NV; v++) acc[r][v] = _mm256_fmadd_ps(y, x[v], acc[r][v]);
         }
     }
-}
-
-/* The same dot product for one entry (a block's last columns): the same FMA chain. */
-static inline __attribute__((always_inline, target("avx2,fma"))) float upd_dot1(
-    const struct eqp_update_plan *p, const struct eqp_update_args *a, int i, int j)
-{
-    const int64_t n = p->n, h = p->n - p->n_in;
-    const float *b = a->both + i, *s = a->sgn + (j - p->n_in);
-    float acc = 0.0f;
-    for (int k = 0; k < p->k; k++) acc = __builtin_fmaf(b[k * n], s[k * h], acc);
-    return acc;
 }
 
 /* d from a dot product: the torch path's divisions and mask, one rounding each. */
@@ -102,7 +99,7 @@ static inline float upd_w(const struct eqp_update_args *a, float old, float d, i
     return old + (a->factor ? d * a->factor[at] : a->rate * d);
 }
 
-/* Write one entry's results: W and its mirror, |d| sums, d where recorded, and the packed
+/* Write one entry's results: W and its mirror, the |d| sum, d where recorded, and the packed
  * copies eps w at `pk` and `pk_t` (NULL: none). */
 static inline void upd_store(const struct eqp_update_plan *p, const struct eqp_update_args *a,
                              int i, int j, float d, float w, float *pk, float *pk_t, int record)
@@ -112,7 +109,6 @@ static inline void upd_store(const struct eqp_update_plan *p, const struct eqp_u
     a->weights[j * n + i] = w;
     const float ad = __builtin_fabsf(d);
     a->abs_sum[i * h + (j - p->n_in)] += ad;
-    if (i >= p->n_in) a->abs_sum[j * h + (i - p->n_in)] += ad;
     if (record) a->record[i * h + (j - p->n_in)] = d;
     if (pk) *pk = a->eps * w;
     if (pk_t) *pk_t = a->eps * w;
@@ -126,77 +122,109 @@ static inline float *upd_packed_at(const struct eqp_update_args *a, int64_t at)
     return NULL;
 }
 
-/* Rows i0 .. i0+R-1 of dense block `blk`, all its columns. */
-static inline __attribute__((always_inline, target("avx2,fma"))) void upd_block_rows(
-    const int R, const struct eqp_update_plan *p, const struct eqp_update_args *a, int blk,
-    int i0)
+/* Four rows' 4 x 4 sub-tile (columns c .. c+3 of `t`) as four columns: out[q] holds
+ * column c+q of rows 0..3. */
+static inline __attribute__((always_inline, target("avx2,fma"))) void upd_transpose(
+    const float t[UPD_ROWS][8 * UPD_VECS], int c, __m128 out[4])
 {
-    const int64_t n = p->n, h = n - p->n_in;
+    __m128 r0 = _mm_loadu_ps(t[0] + c), r1 = _mm_loadu_ps(t[1] + c);
+    __m128 r2 = _mm_loadu_ps(t[2] + c), r3 = _mm_loadu_ps(t[3] + c);
+    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+    out[0] = r0;
+    out[1] = r1;
+    out[2] = r2;
+    out[3] = r3;
+}
+
+/* Rows i0 .. i0+R-1 of dense block `blk`, columns j .. j+8NV-1 (`lanes` of them when fewer
+ * than 8 remain): dot products, then every entry's update in registers; the mirrored entries
+ * (W[j][i], eps W[j][i] packed) four rows at a time by 4 x 4 transposes. */
+static inline __attribute__((always_inline, target("avx2,fma"))) void upd_chunk(
+    const int R, const int NV, const struct eqp_update_plan *p, const struct eqp_update_args *a,
+    int blk, int i0, int j, int lanes)
+{
+    const int64_t n = p->n, h = n - p->n_in, n_in = p->n_in;
     const int row0 = p->blk_row[blk], rows = p->blk_rows[blk];
     const int col0 = p->blk_col[blk], cols = p->blk_cols[blk];
     const int64_t pack = a->packed ? p->blk_pack[blk] : -1;
     const int64_t pack_t = a->packed ? p->blk_pack_t[blk] : -1;
-    const int record = p->blk_record[blk];
-    const __m256 vbeta = _mm256_set1_ps(a->beta), vsize = _mm256_set1_ps(a->size);
-    const __m256 vrate = _mm256_set1_ps(a->rate);
-    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    int j = col0;
-    const int end = col0 + cols;
-    for (; j + 8 <= end;) {
-        const int NV = j + 24 <= end ? 3 : (j + 16 <= end ? 2 : 1);
-        __m256 acc[UPD_ROWS][UPD_VECS];
-        switch (NV) {
-        case 3: upd_dots(R, 3, p, a, i0, j, acc); break;
-        case 2: upd_dots(R, 2, p, a, i0, j, acc); break;
-        default: upd_dots(R, 1, p, a, i0, j, acc); break;
-        }
-        float ws[UPD_ROWS][24], ds[UPD_ROWS][24];
-        for (int r = 0; r < R; r++) {
-            const int64_t i = i0 + r;
-            for (int v = 0; v < NV; v++) {
-                const int64_t at = i * n + j + 8 * v, hat = i * h + (j - p->n_in) + 8 * v;
-                __m256 d = _mm256_div_ps(_mm256_div_ps(acc[r][v], vbeta), vsize);
-                d = _mm256_mul_ps(d, _mm256_loadu_ps(a->mask + at));
-                const __m256 step = a->factor ? _mm256_mul_ps(d, _mm256_loadu_ps(a->factor + hat))
-                                              : _mm256_mul_ps(vrate, d);
-                const __m256 w = _mm256_add_ps(_mm256_loadu_ps(a->weights + at), step);
-                _mm256_storeu_ps(a->weights + at, w);
-                if (record) _mm256_storeu_ps(a->record + hat, d);
-                const __m256 ad = _mm256_and_ps(d, magnitude);
-                _mm256_storeu_ps(a->abs_sum + hat,
-                                 _mm256_add_ps(_mm256_loadu_ps(a->abs_sum + hat), ad));
-                if (pack >= 0) {
-                    float *q = a->packed + pack + (i - row0) * cols + (j - col0) + 8 * v;
-                    _mm256_storeu_ps(q, _mm256_mul_ps(_mm256_set1_ps(a->eps), w));
-                }
-                _mm256_storeu_ps(ws[r] + 8 * v, w);
-                _mm256_storeu_ps(ds[r] + 8 * v, ad);
+    const int record = p->blk_record[blk], full = p->blk_full[blk];
+    __m256 acc[UPD_ROWS][UPD_VECS];
+    upd_dots(R, NV, p, a, i0, j, lanes, acc);
+    if (lanes < 8) {
+        float sums[UPD_ROWS][8];
+        for (int r = 0; r < R; r++) _mm256_storeu_ps(sums[r], acc[r][0]);
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < lanes; c++) {
+                const int i = i0 + r, jj = j + c;
+                const float d = upd_d(a, sums[r][c], full ? 1.0f : a->mask[(int64_t)i * n + jj]);
+                const float w = upd_w(a, a->weights[(int64_t)i * n + jj], d, i * h + (jj - n_in));
+                float *pk = pack >= 0 ? a->packed + pack + (int64_t)(i - row0) * cols + (jj - col0)
+                                      : NULL;
+                float *pk_t = pack_t >= 0
+                                  ? a->packed + pack_t + (int64_t)(jj - col0) * rows + (i - row0)
+                                  : NULL;
+                upd_store(p, a, i, jj, d, w, pk, pk_t, record);
             }
+        return;
+    }
+    const __m256 vbeta = _mm256_set1_ps(a->beta), vsize = _mm256_set1_ps(a->size);
+    const __m256 vrate = _mm256_set1_ps(a->rate), veps = _mm256_set1_ps(a->eps);
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    float ws[UPD_ROWS][8 * UPD_VECS], es[UPD_ROWS][8 * UPD_VECS];
+    for (int r = 0; r < R; r++) {
+        const int64_t i = i0 + r;
+        for (int v = 0; v < NV; v++) {
+            const int64_t at = i * n + j + 8 * v, hat = i * h + (j - n_in) + 8 * v;
+            __m256 d = _mm256_div_ps(_mm256_div_ps(acc[r][v], vbeta), vsize);
+            if (!full) d = _mm256_mul_ps(d, _mm256_loadu_ps(a->mask + at));
+            const __m256 step = a->factor ? _mm256_mul_ps(d, _mm256_loadu_ps(a->factor + hat))
+                                          : _mm256_mul_ps(vrate, d);
+            const __m256 w = _mm256_add_ps(_mm256_loadu_ps(a->weights + at), step);
+            const __m256 ad = _mm256_and_ps(d, magnitude);
+            const __m256 e = _mm256_mul_ps(veps, w);
+            _mm256_storeu_ps(a->weights + at, w);
+            if (record) _mm256_storeu_ps(a->record + hat, d);
+            _mm256_storeu_ps(a->abs_sum + hat, _mm256_add_ps(_mm256_loadu_ps(a->abs_sum + hat), ad));
+            if (pack >= 0)
+                _mm256_storeu_ps(a->packed + pack + (i - row0) * cols + (j - col0) + 8 * v, e);
+            _mm256_storeu_ps(ws[r] + 8 * v, w);
+            _mm256_storeu_ps(es[r] + 8 * v, e);
         }
-        /* the lower triangle: W[j][i], |d| at (j, i), packed eps W[j][i] */
+    }
+    if (R < 4) {
         for (int c = 0; c < 8 * NV; c++) {
             const int64_t jj = j + c;
             for (int r = 0; r < R; r++) {
                 const int i = i0 + r;
                 a->weights[jj * n + i] = ws[r][c];
-                if (i >= p->n_in) a->abs_sum[jj * h + (i - p->n_in)] += ds[r][c];
-                if (pack_t >= 0) a->packed[pack_t + (jj - col0) * rows + (i - row0)] = a->eps * ws[r][c];
+                if (pack_t >= 0) a->packed[pack_t + (jj - col0) * rows + (i - row0)] = es[r][c];
             }
         }
-        j += 8 * NV;
+        return;
     }
-    for (; j < end; j++)
-        for (int r = 0; r < R; r++) {
-            const int i = i0 + r;
-            const float d = upd_d(a, upd_dot1(p, a, i, j), a->mask[(int64_t)i * n + j]);
-            const float w = upd_w(a, a->weights[(int64_t)i * n + j], d,
-                                  (int64_t)i * h + (j - p->n_in));
-            upd_store(p, a, i, j, d, w,
-                      pack >= 0 ? a->packed + pack + (int64_t)(i - row0) * cols + (j - col0) : NULL,
-                      pack_t >= 0 ? a->packed + pack_t + (int64_t)(j - col0) * rows + (i - row0)
-                                  : NULL,
-                      record);
+    for (int c = 0; c < 8 * NV; c += 4) {
+        __m128 t[4];
+        upd_transpose(ws, c, t);
+        for (int q = 0; q < 4; q++) _mm_storeu_ps(a->weights + (j + c + q) * n + i0, t[q]);
+        if (pack_t >= 0) {
+            upd_transpose(es, c, t);
+            for (int q = 0; q < 4; q++)
+                _mm_storeu_ps(a->packed + pack_t + (j + c + q - col0) * rows + (i0 - row0), t[q]);
         }
+    }
+}
+
+/* Rows i0 .. i0+R-1 of dense block `blk`, all its columns. */
+static inline __attribute__((always_inline, target("avx2,fma"))) void upd_block_rows(
+    const int R, const struct eqp_update_plan *p, const struct eqp_update_args *a, int blk,
+    int i0)
+{
+    const int end = p->blk_col[blk] + p->blk_cols[blk];
+    int j = p->blk_col[blk];
+    for (; j + 16 <= end; j += 16) upd_chunk(R, 2, p, a, blk, i0, j, 8);
+    for (; j + 8 <= end; j += 8) upd_chunk(R, 1, p, a, blk, i0, j, 8);
+    if (j < end) upd_chunk(R, 1, p, a, blk, i0, j, end - j);
 }
 
 /* The CSR list's entries of rows r0 .. r0+R-1: eight dot products at a time by gathers. */
@@ -258,20 +286,21 @@ static __attribute__((target("avx2,fma"))) void upd_all_dots(
     const int64_t h = p->n - p->n_in;
     for (int i0 = 0; i0 < p->n; i0 += UPD_ROWS) {
         const int R = p->n - i0 < UPD_ROWS ? p->n - i0 : UPD_ROWS;
-        int j = p->n_in;
-        for (; j + 8 <= p->n; j += 8) {
+        for (int j = p->n_in; j < p->n; j += 8) {
+            const int lanes = p->n - j < 8 ? p->n - j : 8;
             __m256 acc[UPD_ROWS][UPD_VECS];
             switch (R) {
-            case 4: upd_dots(4, 1, p, a, i0, j, acc); break;
-            case 3: upd_dots(3, 1, p, a, i0, j, acc); break;
-            case 2: upd_dots(2, 1, p, a, i0, j, acc); break;
-            default: upd_dots(1, 1, p, a, i0, j, acc); break;
+            case 4: upd_dots(4, 1, p, a, i0, j, lanes, acc); break;
+            case 3: upd_dots(3, 1, p, a, i0, j, lanes, acc); break;
+            case 2: upd_dots(2, 1, p, a, i0, j, lanes, acc); break;
+            default: upd_dots(1, 1, p, a, i0, j, lanes, acc); break;
             }
-            for (int r = 0; r < R; r++)
-                _mm256_storeu_ps(out + (i0 + r) * h + (j - p->n_in), acc[r][0]);
+            for (int r = 0; r < R; r++) {
+                float sums[8];
+                _mm256_storeu_ps(sums, acc[r][0]);
+                for (int c = 0; c < lanes; c++) out[(i0 + r) * h + (j - p->n_in) + c] = sums[c];
+            }
         }
-        for (; j < p->n; j++)
-            for (int r = 0; r < R; r++) out[(i0 + r) * h + (j - p->n_in)] = upd_dot1(p, a, i0 + r, j);
     }
 }
 #endif

@@ -69,22 +69,45 @@ static inline __attribute__((always_inline, target("avx2,fma"))) void upd_dots(
     const int R, const int NV, const struct eqp_update_plan *p, const struct eqp_update_args *a,
     int i0, int j0, int lanes, __m256 acc[UPD_ROWS][UPD_VECS])
 {
+    /* named accumulators, not an array: GCC's -O3 would interchange the loops over an
+     * array's rows and k, leaving one FMA chain in flight */
     const int64_t n = p->n, h = p->n - p->n_in;
-    for (int r = 0; r < R; r++)
-        for (int v = 0; v < NV; v++) acc[r][v] = _mm256_setzero_ps();
     const float *b = a->both + i0, *s = a->sgn + (j0 - p->n_in);
     const __m256i first = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i some = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), first);
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00;
+    __m256 a20 = a00, a21 = a00, a30 = a00, a31 = a00;
     for (int k = 0; k < p->k; k++) {
-        __m256 x[UPD_VECS];
-        if (lanes < 8) x[0] = _mm256_maskload_ps(s + k * h, some);
-        else
-            for (int v = 0; v < NV; v++) x[v] = _mm256_loadu_ps(s + k * h + 8 * v);
-        for (int r = 0; r < R; r++) {
-            const __m256 y = _mm256_broadcast_ss(b + k * n + r);
-            for (int v = 0; v < NV; v++) acc[r][v] = _mm256_fmadd_ps(y, x[v], acc[r][v]);
+        const float *sk = s + k * h, *bk = b + k * n;
+        const __m256 x0 = lanes < 8 ? _mm256_maskload_ps(sk, some) : _mm256_loadu_ps(sk);
+        const __m256 x1 = NV > 1 ? _mm256_loadu_ps(sk + 8) : x0;
+        __m256 y = _mm256_broadcast_ss(bk);
+        a00 = _mm256_fmadd_ps(y, x0, a00);
+        if (NV > 1) a01 = _mm256_fmadd_ps(y, x1, a01);
+        if (R > 1) {
+            y = _mm256_broadcast_ss(bk + 1);
+            a10 = _mm256_fmadd_ps(y, x0, a10);
+            if (NV > 1) a11 = _mm256_fmadd_ps(y, x1, a11);
+        }
+        if (R > 2) {
+            y = _mm256_broadcast_ss(bk + 2);
+            a20 = _mm256_fmadd_ps(y, x0, a20);
+            if (NV > 1) a21 = _mm256_fmadd_ps(y, x1, a21);
+        }
+        if (R > 3) {
+            y = _mm256_broadcast_ss(bk + 3);
+            a30 = _mm256_fmadd_ps(y, x0, a30);
+            if (NV > 1) a31 = _mm256_fmadd_ps(y, x1, a31);
         }
     }
+    acc[0][0] = a00;
+    acc[0][1] = a01;
+    acc[1][0] = a10;
+    acc[1][1] = a11;
+    acc[2][0] = a20;
+    acc[2][1] = a21;
+    acc[3][0] = a30;
+    acc[3][1] = a31;
 }
 
 /* d from a dot product: the torch path's divisions and mask, one rounding each. */

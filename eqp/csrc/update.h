@@ -60,6 +60,9 @@ struct eqp_update_args {
 };
 
 #ifdef EQP_AVX2
+/* Hide a product from the compiler, so that no -ffp-contract setting fuses it with the sum
+ * that follows (the torch path rounds the two separately). */
+#define OPAQUE(x) __asm__("" : "+x"(x))
 #define UPD_ROWS 4
 #define UPD_VECS 2
 
@@ -119,7 +122,9 @@ static inline float upd_d(const struct eqp_update_args *a, float acc, float mask
 /* The new weight from the old one and d (the same product and sum as the torch path). */
 static inline float upd_w(const struct eqp_update_args *a, float old, float d, int64_t at)
 {
-    return old + (a->factor ? d * a->factor[at] : a->rate * d);
+    float step = a->factor ? d * a->factor[at] : a->rate * d;
+    OPAQUE(step);
+    return old + step;
 }
 
 /* Write one entry's results: W and its mirror, the |d| sum, d where recorded, and the packed
@@ -201,8 +206,9 @@ static inline __attribute__((always_inline, target("avx2,fma"))) void upd_chunk(
             const int64_t at = i * n + j + 8 * v, hat = i * h + (j - n_in) + 8 * v;
             __m256 d = _mm256_div_ps(_mm256_div_ps(acc[r][v], vbeta), vsize);
             if (!full) d = _mm256_mul_ps(d, _mm256_loadu_ps(a->mask + at));
-            const __m256 step = a->factor ? _mm256_mul_ps(d, _mm256_loadu_ps(a->factor + hat))
-                                          : _mm256_mul_ps(vrate, d);
+            __m256 step = a->factor ? _mm256_mul_ps(d, _mm256_loadu_ps(a->factor + hat))
+                                    : _mm256_mul_ps(vrate, d);
+            OPAQUE(step);
             const __m256 w = _mm256_add_ps(_mm256_loadu_ps(a->weights + at), step);
             const __m256 ad = _mm256_and_ps(d, magnitude);
             const __m256 e = _mm256_mul_ps(veps, w);

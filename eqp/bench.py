@@ -305,7 +305,44 @@ def time_phases(
             f"{timing.test_work_mean:.1f}"
         )
     _emit_ratios(results, emit)
+    if len(updates) > 1:
+        snapshot.restore(trainer)
+        _time_updates(trainer, threads, updates, 5 * repeats, emit)
+        snapshot.restore(trainer)
     return results
+
+
+def _time_updates(
+    trainer: Trainer,
+    threads: Sequence[int],
+    updates: Sequence[str],
+    repeats: int,
+    emit: Callable[[str], None],
+) -> None:
+    """The weight update alone (``Trainer._update`` on one batch's states), every update and
+    thread count interleaved, best of ``repeats``: the part of a batch this choice changes."""
+    x, y = trainer.data.train.x[0], trainer.data.train.y[0]
+    free = trainer.engine.free(x, trainer.train_particles[0], trainer.settings.free_iterations)
+    nudged = trainer.engine.nudged(x, free, y, trainer.beta, 4)
+    best: dict[tuple[str, int], float] = {}
+    for _ in range(repeats):
+        for update in updates:
+            trainer.set_update(update)
+            for count in threads:
+                trainer.threads = count
+                tick = time.perf_counter()
+                trainer._update(x, free, nudged, trainer.beta)
+                seconds = time.perf_counter() - tick
+                key = (trainer.update, count)
+                best[key] = min(best.get(key, math.inf), seconds)
+    base = next(iter(best.values()))
+    emit(
+        f"{trainer.settings.name:<20} weight update alone (ms, best of {repeats}): "
+        + ", ".join(
+            f"{update} {count} thread(s) {1e3 * seconds:.2f} ({base / seconds:.2f}x)"
+            for (update, count), seconds in best.items()
+        )
+    )
 
 
 def _emit_ratios(results: Sequence[PhaseTiming], emit: Callable[[str], None]) -> None:

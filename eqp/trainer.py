@@ -188,6 +188,7 @@ class Trainer:
             if settings.correct_bias_quirk:
                 self._bias_factor = self._layer_bias_factor(settings.pair_learning_rates)
         self._inner = inner
+        self._compiled: native.FusedUpdate | None = None
         self.set_update(update)
 
     def set_update(self, update: str) -> None:
@@ -195,7 +196,12 @@ class Trainer:
         which one runs ("native" or "torch"). Both give the same bits."""
         if update not in UPDATES:
             raise ValueError(f"unknown update {update!r}; use one of {', '.join(UPDATES)}")
-        self._native = self._native_update(update, self._inner)
+        if update == "torch":
+            self._native = None
+        elif self._compiled is None:
+            self._compiled = self._native = self._native_update(update, self._inner)
+        else:
+            self._native = self._compiled
         self.update = "native" if self._native is not None else "torch"
 
     def _native_update(self, update: str, inner: Minimiser) -> native.FusedUpdate | None:

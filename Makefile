@@ -11,7 +11,7 @@ SNAKEMAKE_ARGS ?=
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py eqp/engines/backends/csrc/settle.c
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard eqp/engines/backends/csrc/*.c eqp/engines/backends/csrc/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

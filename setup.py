@@ -47,7 +47,10 @@ setup(
         Extension(
             "eqp._settle",
             sources=["eqp/engines/backends/csrc/settle.c"],
-            depends=["eqp/engines/backends/csrc/settle_arith.h"],
+            depends=[
+                "eqp/engines/backends/csrc/settle_arith.h",
+                "eqp/engines/backends/csrc/update.h",
+            ],
             # the source spells out every fused multiply-add; the compiler adds none
             extra_compile_args=["-O3", "-ffp-contract=off"],
             optional=True,

@@ -126,6 +126,13 @@ def _parser() -> argparse.ArgumentParser:
         help="free-phase method (repeatable): time the phases per method",
     )
     bench.add_argument(
+        "--update",
+        action="append",
+        choices=("torch", "auto"),
+        help="weight update of the phase timings (repeatable; default both: the torch path "
+        "before the compiled one, which gives the same bits where it runs)",
+    )
+    bench.add_argument(
         "--warm-batches",
         type=int,
         default=100,
@@ -319,6 +326,7 @@ def _bench(args: argparse.Namespace) -> int:
                 args.warm_batches,
                 args.data_dir,
                 args.repeats,
+                updates=list(dict.fromkeys(args.update or ["torch", "auto"])),
             )
         return 0
     run_benchmark(

@@ -100,7 +100,37 @@ def _every_result(lib, settings) -> dict[str, torch.Tensor]:
                 ("work", work),
             ):
                 results[f"{threads} threads, batch {batch}, {part}"] = value
+        if c_kernel.update_available():
+            results.update(_update_results(lib, net, fused, eps, threads))
     return results
+
+
+def _update_results(lib, net, fused, eps, threads) -> dict[str, torch.Tensor]:
+    """The compiled weight update by the kernel in `lib`: weights, packed copies, |dW| and
+    the recorded d after two batches of 20 (random states, both signs of beta)."""
+    batch, n, n_in = 20, net.n_neurons, net.n_inputs
+    pairs = [(k, k + 1) for k in range(net.n_pairs)]
+    update = c_kernel.FusedUpdate(net.mask, net.offsets, batch, fused, pairs, lib)
+    weights = net.weights.clone()
+    record = torch.zeros(n, n - n_in)
+    abs_sum = torch.zeros(n, n - n_in)
+    generator = torch.Generator().manual_seed(11)
+    for beta in (1.0, -0.7):
+        both = torch.rand(2 * batch, n, generator=generator)
+        both[both < 0.2] = 0
+        sgn = both[:, n_in:].clone()
+        sgn[batch:] *= -1
+        update.apply(both, sgn, beta, 0.037, eps, weights, net.mask, None, record, abs_sum, threads)
+    return {
+        f"{threads} threads, update, {name}": value.clone()
+        for name, value in (
+            ("weights", weights),
+            ("packed", fused.weights),
+            ("csr values", fused.values),
+            ("record", record),
+            ("|dW|", abs_sum),
+        )
+    }
 
 
 def _differences(ours, theirs) -> list[str]:
@@ -138,6 +168,9 @@ def test_portable_build_of_the_kernel_matches_the_reference(paper_trials, tmp_pa
         "cc", ["-O2", "-ffp-contract=off", "-DEQP_PORTABLE_ONLY"], tmp_path / "settle_portable.so"
     )
     assert lib.eqp_settle_variant() == b"portable"
+    # the portable variant has no compiled update (it could not round as MKL does): the
+    # trainer keeps the torch path there
+    assert lib.eqp_update_dots(None, None, None, 40, 16, 8) == -2
     settings = paper_trials["mnist_5layer_swni"].with_overrides({"batch_size": 30})
     net = Network.from_topology(build_topology(settings, np.random.RandomState(0)))
     generator = torch.Generator().manual_seed(0)

@@ -78,3 +78,23 @@ def test_kernel_reports_whether_it_can_use_threads(native_kernel):
     from eqp.engines.backends import c_kernel
 
     assert c_kernel.multithreaded() in (True, False)
+
+
+@pytest.mark.parametrize("settle", ["euler", "sor"])
+def test_a_tiny_3layer_mnist_run_is_identical_for_1_2_and_3_threads(
+    paper_trials, native_kernel, mnist_root, tmp_path, settle
+):
+    """The 3-layer shape (784-500-500-500-10, skip connections): the compiled weight update
+    splits its connections across the threads too."""
+    settings = paper_trials["mnist_3layer_swni"].with_overrides(
+        {
+            "epochs": 2,
+            "free_iterations": 60 if settle == "euler" else 1000,
+            "weakly_clamped_iterations": 4,
+            "train_examples": 100,
+            "test_examples": 40,
+            "settle": settle,
+        }
+    )
+    outputs = _same_for_every_thread_count(settings, tmp_path, mnist_root)
+    assert len(outputs["metrics"]["epoch"]) == 3

@@ -276,15 +276,20 @@ def test_cli_bench_times_settle_methods_and_thread_counts_from_one_warm_state():
     )
     assert result.returncode == 0, result.stderr
     timings = [line for line in result.stdout.splitlines() if "s/train_batch=" in line]
-    assert [(t.split()[1], t.split()[2]) for t in timings] == [
-        ("settle=euler", "threads=1"),
-        ("settle=euler", "threads=2"),
-        ("settle=sor", "threads=1"),
-        ("settle=sor", "threads=2"),
+    from eqp.engines.backends import c_kernel
+
+    after = "update=native" if c_kernel.update_available() else "update=torch"
+    expected = [
+        (f"settle={method}", f"threads={count}", update)
+        for method in ("euler", "sor")
+        for count in (1, 2)
+        for update in dict.fromkeys(["update=torch", after])
     ]
+    assert [tuple(t.split()[1:4]) for t in timings] == expected
     assert "train mean 1000.0" in timings[0]  # the Euler phase costs its fixed steps
     assert "settle euler->sor: train batch" in result.stdout
     assert "threads 1->2: train batch" in result.stdout
+    assert "weight update alone" in result.stdout
 
 
 @pytest.mark.parametrize("correct", [False, True])

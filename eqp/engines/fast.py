@@ -202,6 +202,11 @@ class FastEngine:
                     check_invariants=False,
                 )
 
+    def forget_drive(self) -> None:
+        """The weights changed in place and the packed copy with them (the compiled update
+        writes both): only the cached input drive is stale."""
+        self._last_drive = None
+
     @property
     def bounds(self) -> list[int]:
         """Layer boundaries within the hidden+output state (0, ..., hidden)."""

@@ -5,7 +5,8 @@
 * Phases: seconds per training batch and per test chunk of the fast engine for each settle
   method (faithful Euler, converged SOR) and thread count, all from one warm state (a warm-up
   epoch on a data subset with converged settling, so particles sit near their fixed points as
-  they do after the first epoch of a run), with the free-phase work per example.
+  they do after the first epoch of a run), with the free-phase work per example; training
+  batches also with the torch weight update against the compiled one (same bits).
 
 Absolute seconds on a shared machine are noise; the ratios within one run are the point.
 """
@@ -139,6 +140,7 @@ class PhaseTiming:
     trial: str
     settle: str
     threads: int
+    update: str
     seconds_per_train_batch: float
     seconds_per_test_chunk: float
     test_chunk_examples: int
@@ -212,9 +214,11 @@ def time_phases(
     data_dir: str | None = None,
     repeats: int = 3,
     emit: Callable[[str], None] = print,
+    updates: Sequence[str] = ("torch", "auto"),
 ) -> list[PhaseTiming]:
-    """Per training batch and per test chunk, for every settle method and thread count (the
-    best of ``repeats`` interleaved rounds, each from the same warm state)."""
+    """Per training batch and per test chunk, for every settle method, thread count and
+    weight update (the best of ``repeats`` interleaved rounds, each from the same warm state;
+    the test chunk once per method and thread count, with the last update)."""
     train_batches = max(batches, warm_batches)
     chunk = min(50, settings.batch_counts()[1])
     data, kind = _bench_data(settings, train_batches, chunk, data_dir)
@@ -243,34 +247,44 @@ def time_phases(
         for method in settles
     }
     snapshot = _Snapshot(trainer)
-    best: dict[tuple[str, int], list[float]] = {}
-    tallies: dict[tuple[str, int], tuple[WorkTally, WorkTally]] = {}
+    best: dict[tuple[str, int, str], list[float]] = {}
+    tallies: dict[tuple[str, int, str], tuple[WorkTally, WorkTally]] = {}
     for _ in range(repeats):  # interleaved, best of each: the machine's noise only slows runs
         for method in settles:
             for count in threads:
-                trainer.engine = engines[method]
-                trainer.threads = count
-                if getattr(inner, "fused", None) is not None:
-                    inner.fused.threads = count
-                snapshot.restore(trainer)
-                trainer.train_work = WorkTally()
-                tick = time.perf_counter()
-                for j in range(batches):
-                    trainer.train_batch(j)
-                per_batch = (time.perf_counter() - tick) / batches
-                tick = time.perf_counter()
-                evaluation = trainer.evaluate()
-                per_chunk = time.perf_counter() - tick
-                previous = best.get((method, count), [math.inf, math.inf])
-                best[(method, count)] = [min(previous[0], per_batch), min(previous[1], per_chunk)]
-                tallies[(method, count)] = (trainer.train_work, evaluation.work)
+                for position, update in enumerate(updates):
+                    trainer.engine = engines[method]
+                    trainer.threads = count
+                    trainer.set_update(update)
+                    if getattr(inner, "fused", None) is not None:
+                        inner.fused.threads = count
+                    snapshot.restore(trainer)
+                    trainer.train_work = WorkTally()
+                    tick = time.perf_counter()
+                    for j in range(batches):
+                        trainer.train_batch(j)
+                    per_batch = (time.perf_counter() - tick) / batches
+                    per_chunk, evaluation = math.nan, None
+                    if position == len(updates) - 1:  # the test pass has no update
+                        tick = time.perf_counter()
+                        evaluation = trainer.evaluate()
+                        per_chunk = time.perf_counter() - tick
+                    key = (method, count, trainer.update)
+                    previous = best.get(key, [math.inf, math.nan])
+                    chunk_best = per_chunk if math.isnan(previous[1]) else previous[1]
+                    if not math.isnan(per_chunk):
+                        chunk_best = min(chunk_best, per_chunk)
+                    best[key] = [min(previous[0], per_batch), chunk_best]
+                    tallies[key] = (trainer.train_work, evaluation.work if evaluation else None)
     results = []
-    for (method, count), (per_batch, per_chunk) in best.items():
-        work, test_work = tallies[(method, count)]
+    for (method, count, update), (per_batch, per_chunk) in best.items():
+        work, test_work = tallies[(method, count, update)]
+        test_work = test_work or WorkTally()
         timing = PhaseTiming(
             settings.name,
             method,
             count,
+            update,
             per_batch,
             per_chunk,
             test_work.examples,
@@ -279,36 +293,101 @@ def time_phases(
             test_work.total / max(test_work.examples, 1),
         )
         results.append(timing)
+        test = (
+            f"s/test_chunk={per_chunk:.4f} ({timing.test_chunk_examples} examples)"
+            if not math.isnan(per_chunk)
+            else "s/test_chunk=-"
+        )
         emit(
-            f"{settings.name:<20} settle={method:<5} threads={count} "
-            f"s/train_batch={per_batch:.5f} s/test_chunk={per_chunk:.4f} "
-            f"({timing.test_chunk_examples} examples) work/example: train mean "
+            f"{settings.name:<20} settle={method:<5} threads={count} update={update:<6} "
+            f"s/train_batch={per_batch:.5f} {test} work/example: train mean "
             f"{timing.train_work_mean:.1f} max {timing.train_work_max}, test mean "
             f"{timing.test_work_mean:.1f}"
         )
     _emit_ratios(results, emit)
+    if len(updates) > 1:
+        snapshot.restore(trainer)
+        _time_updates(trainer, threads, updates, 5 * repeats, emit)
+        snapshot.restore(trainer)
     return results
 
 
+def _time_updates(
+    trainer: Trainer,
+    threads: Sequence[int],
+    updates: Sequence[str],
+    repeats: int,
+    emit: Callable[[str], None],
+) -> None:
+    """The weight update alone (``Trainer._update`` on one batch's states), every update and
+    thread count interleaved, best of ``repeats``: the part of a batch this choice changes."""
+    x, y = trainer.data.train.x[0], trainer.data.train.y[0]
+    free = trainer.engine.free(x, trainer.train_particles[0], trainer.settings.free_iterations)
+    nudged = trainer.engine.nudged(x, free, y, trainer.beta, 4)
+    best: dict[tuple[str, int], float] = {}
+    for _ in range(repeats):
+        for update in updates:
+            trainer.set_update(update)
+            for count in threads:
+                trainer.threads = count
+                tick = time.perf_counter()
+                trainer._update(x, free, nudged, trainer.beta)
+                seconds = time.perf_counter() - tick
+                key = (trainer.update, count)
+                best[key] = min(best.get(key, math.inf), seconds)
+    base = next(iter(best.values()))
+    emit(
+        f"{trainer.settings.name:<20} weight update alone (ms, best of {repeats}): "
+        + ", ".join(
+            f"{update} {count} thread(s) {1e3 * seconds:.2f} ({base / seconds:.2f}x)"
+            for (update, count), seconds in best.items()
+        )
+    )
+
+
 def _emit_ratios(results: Sequence[PhaseTiming], emit: Callable[[str], None]) -> None:
-    by_key = {(r.settle, r.threads): r for r in results}
+    by_key = {(r.settle, r.threads, r.update): r for r in results}
     settles = list(dict.fromkeys(r.settle for r in results))
     threads = list(dict.fromkeys(r.threads for r in results))
+    updates = list(dict.fromkeys(r.update for r in results))
+    final = updates[-1]
     name = results[0].trial if results else ""
     for method in settles:
-        base = by_key[(method, threads[0])]
-        for count in threads[1:]:
-            other = by_key[(method, count)]
+        for update in updates:
+            base = by_key[(method, threads[0], update)]
+            for count in threads[1:]:
+                other = by_key[(method, count, update)]
+                line = (
+                    f"{name:<20} settle={method:<5} update={update:<6} threads {threads[0]}->"
+                    f"{count}: train batch "
+                    f"{base.seconds_per_train_batch / other.seconds_per_train_batch:.2f}x"
+                )
+                if update == final:
+                    line += (
+                        f", test chunk "
+                        f"{base.seconds_per_test_chunk / other.seconds_per_test_chunk:.2f}x"
+                    )
+                emit(line)
+        for count in threads:
+            for before, after in zip(updates[:-1], updates[1:], strict=True):
+                old = by_key[(method, count, before)].seconds_per_train_batch
+                new = by_key[(method, count, after)].seconds_per_train_batch
+                emit(
+                    f"{name:<20} settle={method:<5} threads={count} update {before}->{after}: "
+                    f"train batch {old / new:.2f}x"
+                )
+        if len(threads) > 1 and len(updates) > 1:
+            old = by_key[(method, threads[0], updates[0])].seconds_per_train_batch
+            new = by_key[(method, threads[-1], final)].seconds_per_train_batch
             emit(
-                f"{name:<20} settle={method:<5} threads {threads[0]}->{count}: train batch "
-                f"{base.seconds_per_train_batch / other.seconds_per_train_batch:.2f}x, test "
-                f"chunk {base.seconds_per_test_chunk / other.seconds_per_test_chunk:.2f}x"
+                f"{name:<20} settle={method:<5} {threads[0]} thread(s), update {updates[0]} -> "
+                f"{threads[-1]} threads, update {final}: train batch {old / new:.2f}x"
             )
     if "euler" in settles and "sor" in settles:
         for count in threads:
-            euler, sor = by_key[("euler", count)], by_key[("sor", count)]
+            euler, sor = by_key[("euler", count, final)], by_key[("sor", count, final)]
             emit(
-                f"{name:<20} threads={count} settle euler->sor: train batch "
+                f"{name:<20} threads={count} update={final} settle euler->sor: train batch "
                 f"{euler.seconds_per_train_batch / sor.seconds_per_train_batch:.2f}x, test "
                 f"chunk {euler.seconds_per_test_chunk / sor.seconds_per_test_chunk:.2f}x"
             )

@@ -33,6 +33,8 @@ from eqp.model.topology import Topology, build_topology
 from eqp.outputs import records
 
 CHECKPOINT_FORMAT = 1
+# The weight update: "auto" takes the compiled one where it gives the torch path's bits
+UPDATES = ("auto", "torch")
 CHECKPOINT_TENSORS = frozenset(
     {"weights", "biases", "train_particles", "test_particles", "mean_abs_dw", "stream_key"}
 )
@@ -142,6 +144,7 @@ class Trainer:
         threads: int = 1,
         cuda_graphs: bool = True,
         step_kernel: str = "cublas",
+        update: str = "auto",
     ) -> None:
         self.settings = settings
         self.threads = max(1, threads)
@@ -185,6 +188,8 @@ class Trainer:
         ]
         self._factor = None
         self._bias_factor = None
+        # |dW| summed over the current epoch's batches (N x H), reset by train_epoch
+        self.epoch_abs = torch.zeros_like(self.mean_abs_dw)
         # Set by eqp.training.ensemble when this trial is trained stacked with others: a checkpoint
         # of a stacked run resumes only a stacked run of the same size (the last bits differ).
         self.ensemble: dict[str, Any] | None = None
@@ -193,6 +198,38 @@ class Trainer:
             self._factor = factor[:, n_in:].contiguous()
             if settings.correct_bias_quirk:
                 self._bias_factor = self._layer_bias_factor(settings.pair_learning_rates)
+        self._inner = inner
+        self._compiled: c_kernel.FusedUpdate | None = None
+        self.set_update(update)
+
+    def set_update(self, update: str) -> None:
+        """Choose the weight update ("auto" or "torch", see UPDATES); ``update`` then says
+        which one runs ("native" or "torch"). Both give the same bits."""
+        if update not in UPDATES:
+            raise ValueError(f"unknown update {update!r}; use one of {', '.join(UPDATES)}")
+        if update == "torch":
+            self._native = None
+        elif self._compiled is None:
+            self._compiled = self._native = self._native_update(update, self._inner)
+        else:
+            self._native = self._compiled
+        self.update = "native" if self._native is not None else "torch"
+
+    def _native_update(self, update: str, inner: Minimiser) -> c_kernel.FusedUpdate | None:
+        """The compiled update where it gives the torch path's bits (fused CPU layout, float32,
+        AVX2+FMA and torch's product measured to round the same), else None."""
+        fused = getattr(inner, "fused", None)
+        net = self.net
+        if update == "torch" or fused is None or net.weights.dtype != torch.float32:
+            return None
+        k = 2 * self.settings.batch_size
+        if not c_kernel.update_matches_torch(net.n_neurons, k, net.n_inputs):
+            return None
+        # d is kept (for the per-layer rates' norms) in an N x H buffer laid out like the
+        # torch path's dW, so that torch reduces the very same strided blocks
+        self._record = torch.zeros_like(self.mean_abs_dw)
+        pairs = [(k, k + 1) for k in range(net.n_pairs)]
+        return c_kernel.FusedUpdate(net.mask, net.offsets, self.settings.batch_size, fused, pairs)
 
     def _layer_bias_factor(self, rates: tuple[float, ...]) -> torch.Tensor:
         """Bias of layer k+1 scaled by the rate of pair k (the fix of spec quirk 3)."""
@@ -215,11 +252,14 @@ class Trainer:
 
     def _update(
         self, x: torch.Tensor, free: torch.Tensor, nudged: torch.Tensor, beta: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Apply the EqProp update; return the per-layer rates and |dW| of this batch.
+    ) -> torch.Tensor:
+        """Apply the EqProp update, add |dW| to ``epoch_abs`` (the compiled path: its upper
+        triangle, see ``_mirror_hidden``); return the per-layer rates.
 
         dW is symmetric and zero between inputs, so only its columns of non-input neurons
-        (N x H) are computed, as one matrix product; the input rows are mirrored afterwards.
+        (N x H) are computed. The torch path forms them as one matrix product and mirrors the
+        input rows afterwards; the compiled path (``c_kernel.FusedUpdate``) computes each
+        connection once with the same float32 operations, on the kernel's threads.
         """
         n_in = self.net.n_inputs
         inputs = rho(x.to(torch.float32))
@@ -228,29 +268,65 @@ class Trainer:
         both = torch.cat([r_nudged, r_free], 0)
         signed = torch.cat([nudged, -free], 0)
         size = x.shape[0]
-        d_weights = (both.T @ signed).div_(beta).div_(size).mul_(self._mask_columns)
         d_biases = ((r_nudged - r_free) / beta).mean(0)
-        rates = torch.stack(
+        if self._native is not None:
+            rate = 0.0 if self._factor is not None else float(self.settings.learning_rate)
+            self._native.apply(
+                both,
+                signed,
+                beta,
+                rate,
+                self._inner.eps,
+                self.net.weights,
+                self.net.mask,
+                self._factor,
+                self._record,
+                self.epoch_abs,
+                self.threads,
+            )
+            rates = self._pair_rates(self._record)
+            self._step_biases(d_biases)
+            self._inner.forget_drive()
+            return rates
+        d_weights = (both.T @ signed).div_(beta).div_(size).mul_(self._mask_columns)
+        rates = self._pair_rates(d_weights)
+        columns = self.net.weights[:, n_in:]
+        if self._factor is None:
+            columns += float(self.settings.learning_rate) * d_weights
+        else:
+            columns += d_weights * self._factor
+        self._step_biases(d_biases)
+        self.net.weights[n_in:, :n_in] = self.net.weights[:n_in, n_in:].T
+        self.engine.refresh()
+        self.epoch_abs += d_weights.abs_()
+        return rates
+
+    def _mirror_hidden(self, columns: torch.Tensor) -> None:
+        """Fill the hidden x hidden lower triangle of an N x H record from its upper one (the
+        compiled update sums |dW| there only; dW is symmetric, so these are the same sums)."""
+        hidden = columns[self.net.n_inputs :]
+        hidden += hidden.triu(1).T
+
+    def _pair_rates(self, d_weights: torch.Tensor) -> torch.Tensor:
+        """Per layer pair: the RMS of dW over its connections (norm over the block)."""
+        return torch.stack(
             [
                 torch.linalg.vector_norm(d_weights[rows, cols]) / math.sqrt(count)
                 for (rows, cols), count in zip(self._pair_columns, self._pair_counts, strict=True)
             ]
         )
-        columns = self.net.weights[:, n_in:]
-        if self._factor is None:
-            rate = float(self.settings.learning_rate)
-            columns += rate * d_weights
-            self.net.biases += rate * d_biases
-        else:
-            columns += d_weights * self._factor
-            bias_step = d_biases if self._bias_factor is None else d_biases * self._bias_factor
-            self.net.biases += bias_step
-        self.net.weights[n_in:, :n_in] = self.net.weights[:n_in, n_in:].T
-        self.engine.refresh()
-        return rates, d_weights.abs_()
 
-    def train_batch(self, j: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Free phase, score, beta's sign, nudged phase, update: spec section 5 for batch j."""
+    def _step_biases(self, d_biases: torch.Tensor) -> None:
+        if self._factor is None:
+            self.net.biases += float(self.settings.learning_rate) * d_biases
+        else:
+            self.net.biases += (
+                d_biases if self._bias_factor is None else d_biases * self._bias_factor
+            )
+
+    def train_batch(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Free phase, score, beta's sign, nudged phase, update: spec section 5 for batch j
+        (its |dW| is added to ``epoch_abs``)."""
         s = self.settings
         x, y = self.data.train.x[j], self.data.train.y[j]
         free = self.engine.free(x, self.train_particles[j], s.free_iterations)
@@ -260,8 +336,7 @@ class Trainer:
         if self.stream.randint(0, 2) == 1:
             self.beta = -self.beta
         nudged = self.engine.nudged(x, free, y, self.beta, s.weakly_clamped_iterations)
-        rates, abs_dw = self._update(x, free, nudged, self.beta)
-        return score, rates, abs_dw
+        return score, self._update(x, free, nudged, self.beta)
 
     def train_epoch(
         self, progress: Callable[[int], None] | None = None
@@ -271,15 +346,16 @@ class Trainer:
         self.train_work = WorkTally()
         n_batches = len(self.data.train)
         rates = torch.empty(n_batches, self.net.n_pairs, dtype=torch.float32, device=self.device)
-        epoch_abs = torch.zeros_like(self.mean_abs_dw)
+        epoch_abs = self.epoch_abs.zero_()
         score = torch.zeros((), dtype=torch.float64, device=self.device)
         for j in range(n_batches):
-            batch_score, rates[j], abs_dw = self.train_batch(j)
+            batch_score, rates[j] = self.train_batch(j)
             score += batch_score
-            epoch_abs += abs_dw
             if progress is not None:
                 progress(1)
         self.epoch += 1
+        if self._native is not None:
+            self._mirror_hidden(epoch_abs)
         epoch_abs /= n_batches
         self.mean_abs_dw += (epoch_abs - self.mean_abs_dw) / self.epoch
         # this epoch's own mean |dW| (N x H columns): the authors' API's mean_dW

@@ -53,7 +53,7 @@
 #include <omp.h>
 #endif
 
-#define EQP_SETTLE_ABI 4
+#define EQP_SETTLE_ABI 5
 #define MAX_ROWS 4
 #define MAX_VECS 3
 #define MAX_WIDTH 24
@@ -345,6 +345,77 @@ static converge_worker pick_converge_worker(void)
     if (use_avx2()) return eqp_converge_worker_avx2;
 #endif
     return eqp_converge_worker_portable;
+}
+
+/* --- the weight update (update.h; AVX2+FMA only) -------------------------------------- */
+
+#include "update.h"
+
+/* Work (entries x products) below which a further thread costs more than it saves. */
+#define MIN_UPDATE_WORK 400000
+
+/*
+ * The EqProp update of every connection (see update.h). Returns the threads used, or -2
+ * where this CPU or build has no AVX2+FMA (the caller keeps its torch path).
+ */
+int eqp_update(const struct eqp_update_plan *p, const struct eqp_update_args *a, int threads)
+{
+#ifdef EQP_AVX2
+    if (!use_avx2()) return -2;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads < 1) threads = 1;
+#ifndef _OPENMP
+    threads = 1;
+#endif
+    const int64_t useful = p->task_cost[p->n_tasks] * p->k / MIN_UPDATE_WORK;
+    const int nt = useful < 1 ? 1 : (threads < useful ? threads : (int)useful);
+    int32_t bound[MAX_THREADS + 1];
+    int t = 0;
+    bound[0] = 0;
+    for (int q = 1; q < nt; q++) {
+        const int64_t goal = p->task_cost[p->n_tasks] * q / nt;
+        while (t < p->n_tasks && p->task_cost[t] < goal) t++;
+        bound[q] = t;
+    }
+    bound[nt] = p->n_tasks;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    upd_tasks(p, a, bound[THREAD_ID()], bound[THREAD_ID() + 1]);
+#else
+    upd_tasks(p, a, 0, p->n_tasks);
+#endif
+    return nt;
+#else
+    (void)p;
+    (void)a;
+    (void)threads;
+    return -2;
+#endif
+}
+
+/* dW's every entry by eqp_update's dot products (n x h into out); -2 without AVX2+FMA. */
+int eqp_update_dots(const float *both, const float *sgn, float *out, int k, int n, int n_in)
+{
+#ifdef EQP_AVX2
+    if (!use_avx2()) return -2;
+    struct eqp_update_plan p = {0};
+    struct eqp_update_args a = {0};
+    p.n = n;
+    p.n_in = n_in;
+    p.k = k;
+    a.both = both;
+    a.sgn = sgn;
+    upd_all_dots(&p, &a, out);
+    return 1;
+#else
+    (void)both;
+    (void)sgn;
+    (void)out;
+    (void)k;
+    (void)n;
+    (void)n_in;
+    return -2;
+#endif
 }
 
 /*

@@ -182,3 +182,15 @@ def test_the_snapshot_command_writes_figures_and_table1(killed_run, tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert "1 folder(s) copied" in shown.stdout and "1 of them unfinished" in shown.stdout
     assert TRIAL in (tmp_path / "o" / "table1.md").read_text()
+
+
+def test_a_checkpoint_before_its_first_trained_epoch_is_not_drawn(tmp_path):
+    """Only the evaluation before training (epoch 0) is in it: no rates, nothing to draw."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    state = {"epoch": 0, "rows": [{"epoch": 0, "test_error": 0.9, "seconds": 1.0}]}
+    checkpoint = tmp_path / "seed0.safetensors"
+    save_file({"weights": np.zeros(1, np.float32)}, checkpoint, {"state": json.dumps(state)})
+    with pytest.raises(RecordError, match="no trained epoch yet"):
+        PartialRecord.from_checkpoint(checkpoint, tmp_path / "seed0")

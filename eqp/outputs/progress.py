@@ -95,8 +95,8 @@ class PartialRecord(TrialRecord):
         settings: Mapping[str, Any] | None = None,
     ) -> PartialRecord:
         record = cls(Path(folder), Path(checkpoint), settings)
-        if not record.state.get("rows"):
-            raise RecordError(f"{checkpoint} holds no finished epoch yet")
+        if not record.state.get("rows") or int(record.state.get("epoch", 0)) < 1:
+            raise RecordError(f"{checkpoint} holds no trained epoch yet")
         if not record.trial_settings:
             raise RecordError(
                 f"{checkpoint} does not say its trial's settings (an older checkpoint); "

@@ -319,3 +319,18 @@ def test_per_layer_rates_scale_blocks_and_bias_as_configured(paper_trials, corre
         expected = rate * d_b[cols] if correct else d_b[cols]
         assert torch.allclose(bias_step, expected, atol=1e-6)
     assert torch.equal(trainer.net.weights, trainer.net.weights.T)
+
+
+def test_a_rerun_clears_the_temporaries_a_killed_writer_left(paper_trials, tmp_path):
+    out, checkpoint = tmp_path / "out", tmp_path / "ckpt" / "seed0.safetensors"
+    out.mkdir()
+    checkpoint.parent.mkdir()
+    left = out / ".model.safetensors.h0oact38.tmp"
+    ours = checkpoint.parent / ".seed0.safetensors.x1y2z3.tmp"
+    another_seed = checkpoint.parent / ".seed1.safetensors.x1y2z3.tmp"
+    for path in (left, ours, another_seed):
+        path.write_bytes(b"half")
+    run_trial(_small(paper_trials, epochs=1), out, checkpoint=checkpoint, log=lambda _: None)
+    assert not left.exists() and not ours.exists()
+    assert another_seed.exists()  # another job's write in progress: not ours to remove
+    assert not list(out.glob("*.tmp"))

@@ -960,3 +960,18 @@ def test_a_job_is_resolved_once_and_read_by_every_rule_function(demo_plan) -> No
     assert job.checkpoints == (demo_plan.sweep_checkpoint("0.000100", 0),)
     assert job.outputs == demo_plan.sweep_outputs("0.000100", 0)
     assert set(job.resources) >= {"mem_mb", "runtime"}
+
+
+def test_a_job_starts_by_clearing_what_a_killed_attempt_left(tmp_path: Path) -> None:
+    out = tmp_path / "results" / "runs.tsv"
+    out.parent.mkdir()
+    left = out.parent / ".runs.tsv.k1ll3d.tmp"
+    other = out.parent / ".jobs.tsv.k1ll3d.tmp"  # another job's output: not ours
+    folder = tmp_path / "results" / "trials" / "x" / "seed0"
+    folder.mkdir(parents=True)
+    in_folder = folder / ".model.safetensors.k1ll3d.tmp"
+    for path in (left, other, in_folder):
+        path.write_bytes(b"half")
+    with pipeline.logged(tmp_path / "job.log", writes_to=(out, folder, None)):
+        pass
+    assert not left.exists() and not in_folder.exists() and other.exists()

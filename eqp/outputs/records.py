@@ -87,6 +87,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def remove_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Delete the temporaries a killed :func:`atomic_write_bytes` left in ``folder`` (of the
+    file ``name`` only, if given); a rerun of the job calls it before it writes again."""
+    removed = []
+    for path in Path(folder).glob(f".{name or '*'}.*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -13,7 +13,7 @@ from eqp.config.settings import (
     PipelineError,
     trial_from_dict,
 )
-from eqp.outputs.records import TrialRecord
+from eqp.outputs.records import TrialRecord, remove_temporaries
 from eqp.pipeline.plan import FIGURES
 
 
@@ -50,10 +50,20 @@ def logged(
 
     A full disk while writing ``writes_to`` ends the job with one line (in the log and on
     stderr, via SystemExit) instead of a traceback: the fix is the same whatever the stack.
+    Temporaries that an earlier, killed attempt of the job left beside ``writes_to`` (a folder:
+    all of its own; a file: that file's) are removed first.
     """
     import errno
     import logging
     import traceback
+
+    for target in writes_to:
+        if target is not None:
+            place = Path(target)
+            if place.is_dir():
+                remove_temporaries(place)
+            else:
+                remove_temporaries(place.parent, place.name)
 
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)

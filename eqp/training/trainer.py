@@ -791,7 +791,8 @@ def _work_text(tally: WorkTally) -> str:
 
 
 def _check_writable_places(out_dir: Path, checkpoint: Path | None) -> None:
-    """Refuse, before any training, an output folder or checkpoint that could not be written."""
+    """Refuse, before any training, an output folder or checkpoint that could not be written;
+    clear what an earlier, killed attempt left half-written there."""
     if out_dir.exists() and not out_dir.is_dir():
         raise records.RecordError(
             f"the output folder {out_dir} is an existing file; give a folder path (new or "
@@ -808,6 +809,11 @@ def _check_writable_places(out_dir: Path, checkpoint: Path | None) -> None:
                 f"{place} cannot be created: {blocking} is a file, not a folder; choose "
                 "another path"
             )
+    # A job killed while writing leaves a temporary beside the file; the folder is this
+    # job's alone, the checkpoint folder is shared with other seeds (only ours is touched).
+    records.remove_temporaries(out_dir)
+    if checkpoint is not None:
+        records.remove_temporaries(checkpoint.parent, checkpoint.name)
 
 
 def _progress_bar(enabled: bool, settings: TrialSettings, per_epoch: int, done: int) -> Any:

@@ -26,64 +26,59 @@ SCHEMA = "workflow/schemas/config.schema.yaml"
 LAYOUTS = ("auto", "dense", "blocked", "fused")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m eqp",
-        description="Equilibrium propagation on layered networks with layer-skipping "
-        "connections (Gammell et al. 2021), faithful and fast.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    train = commands.add_parser(
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
         "train",
         help="train one named trial and write its result folder",
         description="Train one named trial of CONFIG and write metrics.csv, layer_rates.npz, "
         "mean_dw.npz, initial.npz, model.safetensors and summary.json to --out.",
     )
-    train.add_argument("config", help="YAML config holding the trial (e.g. config/paper.yaml)")
-    train.add_argument("--trial", required=True, help="trial name, e.g. wine_5layer_swni")
-    train.add_argument("--out", required=True, help="output folder")
-    train.add_argument("--epochs", type=int, help="override the number of epochs")
-    train.add_argument("--device", help="torch device: cpu, cuda or cuda:N")
-    train.add_argument("--seed", type=int, help="override the seed")
-    train.add_argument(
+    parser.add_argument("config", help="YAML config holding the trial (e.g. config/paper.yaml)")
+    parser.add_argument("--trial", required=True, help="trial name, e.g. wine_5layer_swni")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--epochs", type=int, help="override the number of epochs")
+    parser.add_argument("--device", help="torch device: cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, help="override the seed")
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="override any trial setting (YAML value), repeatable: --set batch_size=10",
     )
-    train.add_argument("--data-dir", default="resources/datasets", help="MNIST data root")
-    train.add_argument("--engine", choices=("fast", "dense"), default="fast")
-    train.add_argument(
+    parser.add_argument("--data-dir", default="resources/datasets", help="MNIST data root")
+    parser.add_argument("--engine", choices=("fast", "dense"), default="fast")
+    parser.add_argument(
         "--layout",
         choices=LAYOUTS,
         default="auto",
         help="fast engine's weight layout (default auto: fused kernel on CPUs where built)",
     )
-    train.add_argument(
+    parser.add_argument(
         "--step-kernel",
         choices=("cublas", "triton"),
         default="cublas",
         help="on CUDA: an Euler step as cuBLAS addmm + clamp (default) or one fused Triton kernel",
     )
-    train.add_argument("--checkpoint", help="checkpoint file: saved every epoch, resumed")
-    train.add_argument(
+    parser.add_argument("--checkpoint", help="checkpoint file: saved every epoch, resumed")
+    parser.add_argument(
         "--keep-state",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="keep the final state in OUT/state.safetensors, so that a later run with more "
         "--epochs continues it (default: only when it is at most 64 MiB)",
     )
-    train.add_argument(
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
         help="torch CPU threads (default 1: the paper's small matrices gain little from more)",
     )
-    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    bench = commands.add_parser(
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
         "bench",
         help="time implementations against each other (engines, settle methods, threads)",
         description="Without --settle and with one --threads: seconds per training batch and "
@@ -93,81 +88,83 @@ def _parser() -> argparse.ArgumentParser:
         "fast engine for every settle method and thread count, from one warm state, with the "
         "free-phase work per example and the ratios.",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--trial",
         action="append",
         help="trial name (repeatable); default: mnist_5layer_swni, mnist_3layer_mlff, "
         "wine_8layer_mlff",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--engine",
         action="append",
         choices=("dense", "fast"),
         help="engine (repeatable); default: both",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--layout",
         choices=LAYOUTS,
         default="auto",
         help="fast engine's weight layout (default auto)",
     )
-    bench.add_argument("--batches", type=int, default=3, help="timed batches per variant")
-    bench.add_argument("--config", default=DEFAULT_CONFIG, help="config holding the trials")
-    bench.add_argument(
+    parser.add_argument("--batches", type=int, default=3, help="timed batches per variant")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="config holding the trials")
+    parser.add_argument(
         "--threads",
         type=int,
         action="append",
         help="CPU threads (repeatable: each count is timed; default 1)",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--settle",
         action="append",
         choices=("euler", "sor"),
         help="free-phase method (repeatable): time the phases per method",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--update",
         action="append",
         choices=("torch", "auto"),
         help="weight update of the phase timings (repeatable; default both: the torch path "
         "before the compiled one, which gives the same bits where it runs)",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--warm-batches",
         type=int,
         default=100,
         help="training batches of the warm-up epoch before phases are timed (default 100)",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--data-dir",
         default="resources/datasets",
         help="MNIST data root for the phase timings (synthetic batches where absent)",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--repeats",
         type=int,
         default=3,
         help="interleaved rounds of the phase timings; the best of each is shown (default 3)",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--device",
         help="torch device (default: the trial's). A CUDA device times the GPU variants instead: "
         "as it stands, CUDA graphs and stacked ensembles, with the whole paper's projected hours",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--chunk",
         type=int,
         default=50,
         help="test batches per free phase in the CUDA timings (default 50, the pipeline's)",
     )
-    bench.add_argument("--json", help="also write the CUDA timings and projection to this file")
-    bench.add_argument(
+    parser.add_argument("--json", help="also write the CUDA timings and projection to this file")
+    parser.add_argument(
         "--paper-config",
         default="config/paper.yaml",
         help="the full-paper config whose trials and sweep the CUDA projection counts",
     )
 
-    study = commands.add_parser(
+
+def _add_equivalence(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
         "equivalence",
         help="measure converged settling (sor) against the faithful Euler phases",
         description="Runs the studies of eqp.studies.equivalence (small: 8 Diabetes/Wine trials x "
@@ -175,46 +172,52 @@ def _parser() -> argparse.ArgumentParser:
         "fixed points against long Euler runs), prints their tables and writes "
         "OUT/equivalence.json. Takes about half an hour on 2 cores.",
     )
-    study.add_argument(
+    parser.add_argument(
         "--part",
         action="append",
         choices=("small", "mnist", "states"),
         help="study to run (repeatable; default: all three)",
     )
-    study.add_argument("--out", default="results/equivalence", help="output folder")
-    study.add_argument("--config", default=DEFAULT_CONFIG, help="config holding the trials")
-    study.add_argument("--data-dir", default="resources/datasets", help="MNIST data root")
-    study.add_argument("--jobs", type=int, default=2, help="trials trained side by side")
-    study.add_argument("--mnist-epochs", type=int, default=1, help="epochs of the mnist study")
-    study.add_argument(
+    parser.add_argument("--out", default="results/equivalence", help="output folder")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="config holding the trials")
+    parser.add_argument("--data-dir", default="resources/datasets", help="MNIST data root")
+    parser.add_argument("--jobs", type=int, default=2, help="trials trained side by side")
+    parser.add_argument("--mnist-epochs", type=int, default=1, help="epochs of the mnist study")
+    parser.add_argument(
         "--mnist-seed",
         type=int,
         action="append",
         help="seed of the mnist study (repeatable; default 0)",
     )
 
-    fetch = commands.add_parser(
+
+def _add_fetch(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
         "fetch",
         help="obtain MNIST or Fashion-MNIST, md5-verified; replaces corrupt files",
         description="Make DATA_DIR hold the four canonical raw files of DATASET (the routes of "
         "eqp.sources: files already there, --source-dir, torchvision's download, the offline "
         "fallbacks). Files whose md5 does not match are deleted and fetched again.",
     )
-    fetch.add_argument("dataset", choices=("mnist", "fashion_mnist"))
-    fetch.add_argument("--data-dir", default="resources/datasets", help="data root")
-    fetch.add_argument(
+    parser.add_argument("dataset", choices=("mnist", "fashion_mnist"))
+    parser.add_argument("--data-dir", default="resources/datasets", help="data root")
+    parser.add_argument(
         "--source-dir", help="a folder holding the four files (plain or .gz); no download"
     )
 
-    trials = commands.add_parser("trials", help="list the trials of a config")
-    trials.add_argument(
+
+def _add_trials(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("trials", help="list the trials of a config")
+    parser.add_argument(
         "config",
         nargs="?",
         help=f"a config (default {DEFAULT_CONFIG}; where there is none, as an installed "
         "package has none, the published settings shipped with eqp)",
     )
 
-    runs = commands.add_parser(
+
+def _add_runs(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
         "runs",
         help="print the runs index of a results folder",
         description="One row per finished folder (one holding summary.json) under "
@@ -223,16 +226,18 @@ def _parser() -> argparse.ArgumentParser:
         "log-spread, seconds per epoch and the published values. Errors are fractions "
         "(mean costs for diabetes).",
     )
-    runs.add_argument("results_dir", nargs="?", default="results", metavar="RESULTS_DIR")
-    runs.add_argument("--tsv", action="store_true", help="print TSV (as results/runs.tsv)")
-    runs.add_argument(
+    parser.add_argument("results_dir", nargs="?", default="results", metavar="RESULTS_DIR")
+    parser.add_argument("--tsv", action="store_true", help="print TSV (as results/runs.tsv)")
+    parser.add_argument(
         "--logs",
         metavar="DIR",
         help="the pipeline's log folder, read for unfinished jobs (default: logs beside "
         "RESULTS_DIR)",
     )
 
-    snapshot = commands.add_parser(
+
+def _add_snapshot(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
         "snapshot",
         help="copy a run's folders so far, small, and draw its figures and Table 1",
         description="For every trial and sweep point of CONFIG: the finished folder, else "
@@ -242,20 +247,33 @@ def _parser() -> argparse.ArgumentParser:
         "and Table 1 (the trials that have an epoch) to OUT. The pipeline's own outputs "
         "are not touched.",
     )
-    snapshot.add_argument("config", help="the pipeline config the run uses")
-    snapshot.add_argument(
+    parser.add_argument("config", help="the pipeline config the run uses")
+    parser.add_argument(
         "--out", default="figures/so-far", help="where to write (default figures/so-far)"
     )
 
-    doc = commands.add_parser(
+
+def _add_config_doc(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
         "config-doc",
         help="print the pipeline config's parameter tables (Markdown) from its schema",
         description="The parameter tables of config/README.md, generated from the JSON "
         "schema of the pipeline config. With --write FILE, replace the generated section of "
         "FILE instead of printing.",
     )
-    doc.add_argument("--schema", default=SCHEMA, help=f"the schema (default {SCHEMA})")
-    doc.add_argument("--write", metavar="FILE", help="update the generated section of FILE")
+    parser.add_argument("--schema", default=SCHEMA, help=f"the schema (default {SCHEMA})")
+    parser.add_argument("--write", metavar="FILE", help="update the generated section of FILE")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eqp",
+        description="Equilibrium propagation on layered networks with layer-skipping "
+        "connections (Gammell et al. 2021), faithful and fast.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add, _ in COMMANDS.values():
+        add(commands)
     return parser
 
 
@@ -498,21 +516,24 @@ def _user_errors() -> tuple[type[Exception], ...]:
     )
 
 
+# Each command: the function that adds its arguments, and the one that runs it.
+COMMANDS = {
+    "train": (_add_train, _train),
+    "bench": (_add_bench, _bench),
+    "equivalence": (_add_equivalence, _equivalence),
+    "fetch": (_add_fetch, _fetch),
+    "trials": (_add_trials, _trials),
+    "runs": (_add_runs, _runs),
+    "snapshot": (_add_snapshot, _snapshot),
+    "config-doc": (_add_config_doc, _config_doc),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {
-        "train": _train,
-        "bench": _bench,
-        "equivalence": _equivalence,
-        "fetch": _fetch,
-        "trials": _trials,
-        "runs": _runs,
-        "snapshot": _snapshot,
-        "config-doc": _config_doc,
-    }
     user_errors = _user_errors()
     try:
-        return handlers[args.command](args)
+        return COMMANDS[args.command][1](args)
     except user_errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -251,6 +251,15 @@ def _add_snapshot(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", default="figures/so-far", help="where to write (default figures/so-far)"
     )
+    parser.add_argument(
+        "--earlier",
+        action="append",
+        default=[],
+        metavar="SNAPSHOT",
+        help="an earlier snapshot's --out folder (repeatable; may be OUT itself): folders it "
+        "holds with more epochs than the run has now are taken from it, for a run that "
+        "went on on another machine",
+    )
 
 
 def _add_config_doc(commands: argparse._SubParsersAction) -> None:
@@ -466,7 +475,7 @@ def _snapshot(args: argparse.Namespace) -> int:
 
     config_path = Path(args.config)
     plan = Plan.from_config(load_yaml(config_path), base_dir=config_path.resolve().parent.parent)
-    done = take_snapshot(plan, args.out)
+    done = take_snapshot(plan, args.out, args.earlier)
     print(
         f"{len(done['folders'])} folder(s) copied to {Path(args.out) / 'results'}, "
         f"{len(done['partial'])} of them unfinished (shown at the epoch they reached)"

@@ -184,6 +184,38 @@ def test_the_snapshot_command_writes_figures_and_table1(killed_run, tmp_path):
     assert TRIAL in (tmp_path / "o" / "table1.md").read_text()
 
 
+def test_a_snapshot_takes_folders_from_earlier_snapshots_where_they_have_more_epochs(
+    killed_run, tmp_path
+):
+    """A run that went on on a machine which kept no files: the new machine's results have
+    fewer epochs of the trial than the earlier snapshot, which therefore fills it in."""
+    results, folder, epoch = killed_run
+    config = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
+    config["results_dir"] = str(results)
+    earlier = tmp_path / "earlier"
+    take_snapshot(pipeline.Plan.from_config(config, ROOT), earlier)
+
+    again = tmp_path / "again" / "results"
+    config["results_dir"] = str(again)
+    plan = pipeline.Plan.from_config(config, ROOT)
+    relative = folder.relative_to(results)
+    assert take_snapshot(plan, tmp_path / "empty")["folders"] == []
+    subprocess.run(_train(again / relative, 1), cwd=ROOT, check=True, capture_output=True)
+    done = take_snapshot(plan, tmp_path / "merged", [earlier])
+    copy = TrialRecord.open(tmp_path / "merged" / "results" / relative)
+    assert (copy.summary["epochs_run"], copy.summary["partial"]) == (epoch, True)
+    assert done["partial"] == [str(again / relative)]
+    assert json.dumps(epoch) in (tmp_path / "merged" / "table1.csv").read_text()
+    # the run overtakes the snapshot once it has more epochs; OUT may be the earlier one
+    subprocess.run(_train(again / relative, epoch + 1), cwd=ROOT, check=True, capture_output=True)
+    done = take_snapshot(plan, earlier, [earlier])
+    copy = TrialRecord.open(earlier / "results" / relative)
+    assert copy.summary["epochs_run"] == epoch + 1 and "partial" not in copy.summary
+    assert done["partial"] == []
+    with pytest.raises(RecordError, match="not a snapshot"):
+        take_snapshot(plan, tmp_path / "x", [tmp_path / "no-such-snapshot"])
+
+
 def test_a_checkpoint_before_its_first_trained_epoch_is_not_drawn(tmp_path):
     """Only the evaluation before training (epoch 0) is in it: no rates, nothing to draw."""
     import numpy as np

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eqp.outputs.records import RecordError, TrialRecord
+from eqp.outputs.records import INTEGER_METRICS, RecordError, TrialRecord
 
 CHECKPOINT_SUFFIX = ".safetensors"
 # "epoch 3: train error 0.1, test error 0.2 (41.2 s" as written by eqp.training.trainer.record_epoch
@@ -137,8 +137,14 @@ class PartialRecord(TrialRecord):
 
     @property
     def metrics(self) -> dict[str, np.ndarray]:
+        """As a finished folder's metrics.csv reads: epoch and counts int64, the rest float64."""
         frame = pd.DataFrame(self.state["rows"])
-        return {c: frame[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in frame.columns}
+        return {
+            c: frame[c].to_numpy(dtype=np.int64)
+            if c in INTEGER_METRICS
+            else frame[c].to_numpy(dtype=np.float64, na_value=np.nan)
+            for c in frame.columns
+        }
 
     @cached_property
     def _rates_file(self) -> dict[str, np.ndarray]:

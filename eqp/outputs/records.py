@@ -38,6 +38,8 @@ METRICS_FIELDS = (
     "saturated_high",
     "seconds",
 )
+# The columns of METRICS_FIELDS that count (written and read as integers)
+INTEGER_METRICS = frozenset({"epoch", "saturated_low", "saturated_high"})
 # Free-phase work per example (Euler steps or SOR passes): mean, max and how many examples
 # stopped at the cap, for the epoch's training and test phases. Folders written before these
 # columns existed lack them; an empty cell (no training phase at epoch 0) reads as NaN.
@@ -145,6 +147,14 @@ def write_metrics(folder: str | os.PathLike, rows: Iterable[Mapping[str, float]]
     atomic_write_text(Path(folder) / "metrics.csv", metrics_csv_text(rows))
 
 
+def _integers(cells: list[str], path: Path, name: str) -> np.ndarray:
+    """A count column; "3.0" is read as 3 (snapshots of unfinished runs wrote counts so)."""
+    values = np.array(cells, dtype=np.float64)
+    if not np.all(np.isfinite(values) & (values == np.round(values))):
+        raise RecordError(f"{path}: the column {name} holds values that are not whole numbers")
+    return values.astype(np.int64)
+
+
 def read_metrics(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     """Columns of ``metrics.csv`` as arrays (epoch and counts as int64, the rest float64;
     the work columns where present, as float64 with NaN for empty cells)."""
@@ -156,11 +166,10 @@ def read_metrics(folder: str | os.PathLike) -> dict[str, np.ndarray]:
         raise RecordError(f"{path} is missing; run the trial that writes it first") from exc
     if not rows or set(METRICS_FIELDS) - set(rows[0]):
         raise RecordError(f"{path} lacks rows or the columns {', '.join(METRICS_FIELDS)}")
-    integer = {"epoch", "saturated_low", "saturated_high"}
     columns = {
-        name: np.array(
-            [row[name] for row in rows], dtype=np.int64 if name in integer else np.float64
-        )
+        name: _integers([row[name] for row in rows], path, name)
+        if name in INTEGER_METRICS
+        else np.array([row[name] for row in rows], dtype=np.float64)
         for name in METRICS_FIELDS
     }
     for name in WORK_FIELDS:

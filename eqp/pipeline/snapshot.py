@@ -8,13 +8,17 @@ reached and compared with the published run at that epoch), a folder with neithe
 out. Each is copied small (metrics.csv, summary.json, the per-epoch means of its layer
 rates, and the mean |dW| only where Figure 5 draws it), and the figures and the table are
 drawn from those copies by the pipeline's own figure and table code.
+
+A run of many hours may span machines that do not keep their files (a later session starts
+its unfinished jobs over): ``earlier`` snapshots fill in the folders the run has not reached
+again, so that one snapshot shows the whole run so far.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,36 +63,81 @@ def write_slim(record: TrialRecord, dest: Path, with_mean_dw: bool) -> None:
     records.atomic_write_npz(
         dest / "layer_rates.npz", rates=means, learning_rates=record.learning_rates
     )
-    if with_mean_dw and not isinstance(record, PartialRecord):
-        shutil.copyfile(record.folder / "mean_dw.npz", dest / "mean_dw.npz")
+    source = record.folder / "mean_dw.npz"
+    target = dest / "mean_dw.npz"
+    if with_mean_dw and not isinstance(record, PartialRecord) and source.is_file():
+        if not (target.exists() and target.samefile(source)):
+            shutil.copyfile(source, target)
     summary = {**record.summary, "snapshot": SLIM_NOTE}
     records.atomic_write_json(dest / "summary.json", records.json_safe(summary))
 
 
-def take_snapshot(plan: Plan, out: str | Path) -> dict[str, Any]:
+def _epochs(record: TrialRecord) -> int:
+    return int(record.summary["epochs_run"])
+
+
+def _is_partial(record: TrialRecord) -> bool:
+    return isinstance(record, PartialRecord) or bool(record.summary.get("partial"))
+
+
+def latest_record(
+    folder: str, root: Path, settings: Mapping[str, Any], earlier: Sequence[Path]
+) -> TrialRecord:
+    """The run's own record of ``folder`` (finished, or its checkpoint so far), or an earlier
+    snapshot's copy where that has trained more epochs; RecordError where none has an epoch."""
+    relative = Path(folder).relative_to(root)
+    found: list[TrialRecord] = []
+    problem = None
+    try:
+        found.append(record_so_far(folder, root, settings))
+    except RecordError as exc:
+        problem = exc
+    for snapshot in earlier:
+        copy = snapshot / "results" / relative
+        if (copy / "summary.json").is_file():
+            found.append(TrialRecord.open(copy))
+    if not found:
+        raise problem or RecordError(f"{folder} has no epoch in the run or a snapshot")
+    # the most epochs wins; on a tie the run's own record (first) and a finished one
+    return max(found, key=lambda record: (_epochs(record), not _is_partial(record)))
+
+
+def take_snapshot(
+    plan: Plan, out: str | Path, earlier: Sequence[str | Path] = ()
+) -> dict[str, Any]:
     """Copy every folder of ``plan`` so far to ``out/results``; draw figures and Table 1.
 
-    Returns what was written: the folders (finished and partial), the figures drawn (or why
-    a figure was not) and Table 1's Markdown file (None while no trial of it has an epoch).
+    ``earlier`` are the output folders of earlier snapshots of the same config: a folder
+    that one of them holds with more epochs than the run has now is taken from there (the
+    copy is read first, so ``out`` may be one of them). Returns what was written: the
+    folders (finished and partial), the figures drawn (or why a figure was not) and Table
+    1's Markdown file (None while no trial of it has an epoch).
     """
     from eqp.outputs.figures import fig2, fig3, fig4, fig5
     from eqp.outputs.table import build_table1, write_table1
 
     out = Path(out)
     root = Path(plan.results_dir)
+    earlier_dirs = [Path(e) for e in earlier]
+    missing = [str(e) for e in earlier_dirs if not (e / "results").is_dir()]
+    if missing:
+        raise RecordError(
+            f"{', '.join(missing)}: not a snapshot (no results/ folder inside); give the --out "
+            "folder of an earlier `python -m eqp snapshot`"
+        )
     copies: dict[str, Path] = {}
     partial = []
     fig5_folders = {f for folders in plan.figure_groups("fig5").values() for f in folders}
     for folder, settings in plan_settings(plan).items():
         try:
-            record = record_so_far(folder, root, settings)
+            record = latest_record(folder, root, settings, earlier_dirs)
         except RecordError as exc:
             log.info("left out %s: %s", folder, exc)
             continue
         dest = out / "results" / Path(folder).relative_to(root)
         write_slim(record, dest, with_mean_dw=folder in fig5_folders)
         copies[folder] = dest
-        if isinstance(record, PartialRecord):
+        if _is_partial(record):
             partial.append(folder)
     drawn: dict[str, str] = {}
     draw = {"fig2": fig2, "fig3": fig3, "fig4": fig4, "fig5": fig5}

@@ -483,6 +483,7 @@ def _snapshot(args: argparse.Namespace) -> int:
     for figure, what in done["figures"].items():
         print(f"{figure}: {what}")
     print(f"Table 1: {done['table'] or 'no trial of it has finished an epoch yet'}")
+    print(f"beside the published runs: {done['comparison'] or 'nothing to compare yet'}")
     return 0
 
 

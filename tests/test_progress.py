@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 from eqp import pipeline
+from eqp.outputs.comparison import comparison_markdown, comparison_table
 from eqp.outputs.figures import fig2, fig4
 from eqp.outputs.progress import (
     PartialRecord,
@@ -21,6 +23,7 @@ from eqp.outputs.progress import (
     progress_table,
     read_checkpoint_header,
 )
+from eqp.outputs.published import load_published_curves, published_error
 from eqp.outputs.records import RecordError, TrialRecord
 from eqp.pipeline.snapshot import take_snapshot
 
@@ -163,6 +166,11 @@ def test_a_snapshot_copies_finished_and_unfinished_folders_and_draws_table1(kill
     assert set(done["figures"]) == {"fig2", "fig3", "fig4", "fig5"}
     table = (tmp_path / "snap" / "table1.csv").read_text()
     assert TRIAL in table and json.dumps(epoch) in table
+    row = pd.read_csv(tmp_path / "snap" / "comparison.csv").iloc[0]
+    assert (row["name"], row["epochs"], row["finished"]) == (TRIAL, epoch, False)
+    assert row["test_error"] == copy.summary["test_error"]
+    assert row["published_same_epoch"] == published_error(TRIAL, epoch, "test")
+    assert TRIAL in done["comparison"].read_text()
 
 
 def test_the_snapshot_command_writes_figures_and_table1(killed_run, tmp_path):
@@ -226,3 +234,52 @@ def test_a_checkpoint_before_its_first_trained_epoch_is_not_drawn(tmp_path):
     save_file({"weights": np.zeros(1, np.float32)}, checkpoint, {"state": json.dumps(state)})
     with pytest.raises(RecordError, match="no trained epoch yet"):
         PartialRecord.from_checkpoint(checkpoint, tmp_path / "seed0")
+
+
+def _summary_folder(folder: Path, **summary) -> TrialRecord:
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return TrialRecord.open(folder)
+
+
+def test_a_final_number_is_flagged_outside_the_published_runs_last_ten_epochs(tmp_path):
+    curve = load_published_curves()["trials"]["mnist_5layer_swni"]["test_error"]
+    low, high = min(curve[-10:]), max(curve[-10:])
+    settings = {"epochs": 100, "bypass_p": 0.07}
+    inside, outside = (
+        _summary_folder(
+            tmp_path / name,
+            trial="mnist_5layer_swni",
+            seed=0,
+            epochs_run=100,
+            settings=settings,
+            test_error=value,
+        )
+        for name, value in (("in", (low + high) / 2), ("out", high + 0.01))
+    )
+    sweep = _summary_folder(
+        tmp_path / "p",
+        trial="mnist_5layer_swni",
+        seed=0,
+        epochs_run=3,
+        partial=True,
+        settings={"epochs": 10, "bypass_p": 0.0},
+        test_error=0.5,
+    )
+    frame = comparison_table(
+        {"a": inside, "b": outside, "c": sweep}, {"a": "trial", "b": "trial", "c": "sweep"}
+    )
+    trials = frame[frame["kind"] == "trial"]
+    assert trials["within_spread"].tolist() == [True, False]
+    assert trials["published_same_epoch"].tolist() == [curve[99], curve[99]]
+    assert (trials["published_spread_low"].iloc[0], trials["published_spread_high"].iloc[0]) == (
+        low,
+        high,
+    )
+    point = frame[frame["kind"] == "sweep"].iloc[0]
+    published = load_published_curves()["sweep"]["0.000000"]["test_error"]
+    assert (point["name"], point["finished"]) == ("0.000000", False)
+    assert point["published_same_epoch"] == published[2]
+    assert pd.isna(point["within_spread"])  # 3 epochs: the range would be the learning itself
+    text = comparison_markdown(frame)
+    assert "**no**" in text and "3 / 10 (running)" in text

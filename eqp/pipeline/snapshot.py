@@ -110,9 +110,11 @@ def take_snapshot(
     ``earlier`` are the output folders of earlier snapshots of the same config: a folder
     that one of them holds with more epochs than the run has now is taken from there (the
     copy is read first, so ``out`` may be one of them). Returns what was written: the
-    folders (finished and partial), the figures drawn (or why a figure was not) and Table
-    1's Markdown file (None while no trial of it has an epoch).
+    folders (finished and partial), the figures drawn (or why a figure was not), Table 1's
+    Markdown file (None while no trial of it has an epoch) and ``comparison.md``, every folder
+    beside the published run at the same epoch (:mod:`eqp.outputs.comparison`).
     """
+    from eqp.outputs.comparison import comparison_table, write_comparison
     from eqp.outputs.figures import fig2, fig3, fig4, fig5
     from eqp.outputs.table import build_table1, write_table1
 
@@ -172,4 +174,20 @@ def take_snapshot(
         write_table1(
             build_table1(groups, partial=True), out / "table1.csv", table, out / "table1.tex"
         )
-    return {"folders": sorted(copies), "partial": sorted(partial), "figures": drawn, "table": table}
+    comparison = None
+    if copies:
+        seeds = plan.seeds
+        sweep = {plan.sweep_folder(label, seed) for label in plan.sweep_points for seed in seeds}
+        frame = comparison_table(
+            {folder: TrialRecord.open(dest) for folder, dest in copies.items()},
+            {folder: "sweep" if folder in sweep else "trial" for folder in copies},
+        )
+        comparison = out / "comparison.md"
+        write_comparison(frame, out / "comparison.csv", comparison)
+    return {
+        "folders": sorted(copies),
+        "partial": sorted(partial),
+        "figures": drawn,
+        "table": table,
+        "comparison": comparison,
+    }

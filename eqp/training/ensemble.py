@@ -36,6 +36,7 @@ from eqp.training import scoring
 from eqp.training.run import Member, TrialOutcome, check_writable_places, run_members
 from eqp.training.scoring import Evaluation, WorkTally
 from eqp.training.trainer import Trainer
+from eqp.training.update import fold_into_mean
 
 
 def ensemble_record(members: Sequence[Trainer], step_kernel: str) -> dict[str, Any]:
@@ -259,7 +260,7 @@ class Ensemble:
                 progress(1)
         epoch = self.members[0].epoch + 1
         epoch_abs /= n_batches
-        self.mean_abs_dw += (epoch_abs - self.mean_abs_dw) / epoch
+        fold_into_mean(self.mean_abs_dw, epoch_abs, epoch)
         steps = self.settings.free_iterations
         examples = n_batches * self.settings.batch_size
         totals = score.cpu().numpy()
@@ -267,7 +268,7 @@ class Ensemble:
         results = []
         for index, member in enumerate(self.members):
             member.epoch = epoch
-            member.train_work = WorkTally(examples, examples * steps, steps, 0)
+            member.train_work = WorkTally.euler(examples, steps)
             error = scoring.error(
                 totals[index], examples, n_batches, self.classification, training=True
             )
@@ -303,7 +304,7 @@ class Ensemble:
             error = scoring.error(
                 totals[index], examples, n_batches, self.classification, training=False
             )
-            work = WorkTally(examples, examples * s.free_iterations, s.free_iterations, 0)
+            work = WorkTally.euler(examples, s.free_iterations)
             results.append(Evaluation(error, int(low[index]), int(high[index]), work))
         return results
 

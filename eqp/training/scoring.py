@@ -21,6 +21,11 @@ class WorkTally:
     most: int = 0
     capped: int = 0
 
+    @classmethod
+    def euler(cls, examples: int, steps: int) -> WorkTally:
+        """The tally of a pass of ``steps`` Euler steps for each of ``examples`` examples."""
+        return cls(examples, examples * steps, steps, 0)
+
     def add(self, work: torch.Tensor | None, capped: torch.Tensor | None) -> None:
         if work is None or capped is None:
             return

@@ -27,7 +27,7 @@ from eqp.model.topology import Topology, build_topology
 from eqp.training import checkpoint, scoring
 from eqp.training.checkpoint import History
 from eqp.training.scoring import Evaluation, WorkTally
-from eqp.training.update import WeightUpdate
+from eqp.training.update import WeightUpdate, fold_into_mean
 
 
 class DeviceError(RuntimeError):
@@ -190,7 +190,7 @@ class Trainer:
                 progress(1)
         self.epoch += 1
         epoch_abs = self.weight_update.end_epoch(n_batches)
-        self.mean_abs_dw += (epoch_abs - self.mean_abs_dw) / self.epoch
+        fold_into_mean(self.mean_abs_dw, epoch_abs, self.epoch)
         # this epoch's own mean |dW| (N x H columns): the authors' API's mean_dW
         self.last_epoch_abs_dw = epoch_abs
         examples = n_batches * self.settings.batch_size

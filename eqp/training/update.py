@@ -191,3 +191,9 @@ class WeightUpdate:
             self.net.biases += float(self.settings.learning_rate) * d_biases
         else:
             self.net.biases += d_biases if self.bias_factor is None else d_biases * self.bias_factor
+
+
+def fold_into_mean(mean: torch.Tensor, epoch_abs: torch.Tensor, epoch: int) -> None:
+    """Fold epoch ``epoch``'s mean |dW| into the running mean over epochs, in place (a
+    trial's, or stacked members' with a leading axis)."""
+    mean += (epoch_abs - mean) / epoch

@@ -36,14 +36,10 @@ import torch
 from eqp.config.settings import SettingsError, TrialSettings, trial_from_dict
 from eqp.datasets import DATASETS, Dataset
 from eqp.outputs import records
-from eqp.training.trainer import (
-    STATE_FILE,
-    Evaluation,
-    Trainer,
-    finish_trial_folder,
-    record_epoch,
-    record_initial,
-)
+from eqp.training.checkpoint import STATE_FILE
+from eqp.training.run import finish_trial_folder, record_epoch, record_initial
+from eqp.training.scoring import Evaluation
+from eqp.training.trainer import Trainer
 
 DEFAULT_DATA_ROOT = "resources/datasets"
 DEFAULT_NAME = "api"
@@ -161,7 +157,7 @@ class Network:
             _fetch_if_absent(settings.dataset, data_root)
         # as the CLI: torch on one thread, so results do not depend on the thread count
         torch.set_num_threads(1)
-        self.trainer = Trainer(
+        self.trainer = Trainer.build(
             settings,
             data_root,
             engine=run.get("engine", "fast"),

@@ -287,7 +287,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from eqp.training.trainer import run_trial
+    from eqp.training.run import run_trial
 
     config = load_yaml(args.config)
     settings = select_trial(trials_from_config(config), args.trial)

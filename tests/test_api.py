@@ -16,7 +16,7 @@ import eqp
 from eqp import cli, datasets
 from eqp.config.settings import SettingsError
 from eqp.outputs import records
-from eqp.training.trainer import STATE_FILE
+from eqp.training.checkpoint import STATE_FILE
 
 # wine_5layer_swni exactly as the authors' trials/run_trials.py wrote it (device: cpu here)
 TOPOLOGY = {

@@ -16,7 +16,8 @@ from safetensors import safe_open
 from workflow_helpers import REPO, TIMING, comparable
 
 from eqp import cli
-from eqp.training.trainer import STATE_FILE, run_trial
+from eqp.training.checkpoint import STATE_FILE
+from eqp.training.run import run_trial
 
 
 def _state_meta(path: Path) -> dict:

@@ -195,10 +195,10 @@ def test_bad_settle_settings_name_the_field(paper_trials, change, message):
 
 def test_euler_trials_keep_the_plain_engine_and_record_fixed_work(paper_trials, tmp_path):
     from eqp.outputs import records
-    from eqp.training.trainer import run_trial
+    from eqp.training.run import run_trial
 
     settings = paper_trials["wine_5layer_swni"].with_overrides({"epochs": 1, "free_iterations": 50})
-    assert isinstance(Trainer(settings).engine, FastEngine)
+    assert isinstance(Trainer.build(settings).engine, FastEngine)
     folder = run_trial(settings, tmp_path / "euler", log=lambda _: None).folder
     metrics = records.read_metrics(folder)
     assert metrics["test_work_mean"].tolist() == [50.0, 50.0]

@@ -25,7 +25,7 @@ def _eager(monkeypatch):
 def test_tf32_is_switched_off_by_the_trainer(cuda_device, paper_trials):
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    Trainer(paper_trials["wine_5layer_swni"].with_overrides({"device": cuda_device}))
+    Trainer.build(paper_trials["wine_5layer_swni"].with_overrides({"device": cuda_device}))
     assert not torch.backends.cuda.matmul.allow_tf32
     assert not torch.backends.cudnn.allow_tf32
 
@@ -63,7 +63,9 @@ def test_graphed_training_equals_eager_training_bit_for_bit(
     data = synthetic_dataset(settings, 6, cuda_device)
     runs = {}
     for graphs in (True, False):
-        trainer = Trainer(settings, data=data, layout="dense", cuda_graphs=graphs, eval_chunk=3)
+        trainer = Trainer.build(
+            settings, data=data, layout="dense", cuda_graphs=graphs, eval_chunk=3
+        )
         for j in range(6):
             trainer.train_batch(j)
         evaluation = trainer.evaluate()
@@ -79,7 +81,7 @@ def test_graphs_agree_with_the_torchscript_loop_within_rounding(cuda_device, pap
     data = synthetic_dataset(settings, 4, cuda_device)
     weights = []
     for graphs in (True, False):
-        trainer = Trainer(settings, data=data, layout="dense", cuda_graphs=graphs)
+        trainer = Trainer.build(settings, data=data, layout="dense", cuda_graphs=graphs)
         for j in range(4):
             trainer.train_batch(j)
         weights.append(trainer.net.weights.cpu())
@@ -92,7 +94,9 @@ def test_an_ensemble_with_graphs_equals_it_without_bit_for_bit(cuda_device, pape
     results = []
     for graphs in (True, False):
         trainers = [
-            Trainer(base.with_overrides({"bypass_p": p}), data=data, layout="dense", eval_chunk=2)
+            Trainer.build(
+                base.with_overrides({"bypass_p": p}), data=data, layout="dense", eval_chunk=2
+            )
             for p in (0.0, 0.05, 0.5)
         ]
         ensemble = Ensemble(trainers, cuda_graphs=graphs)
@@ -134,7 +138,9 @@ def test_triton_training_matches_cublas_within_rounding(cuda_device, paper_trial
     data = synthetic_dataset(settings, 4, cuda_device)
     weights, errors = [], []
     for kernel in ("cublas", "triton"):
-        trainer = Trainer(settings, data=data, layout="dense", step_kernel=kernel, eval_chunk=2)
+        trainer = Trainer.build(
+            settings, data=data, layout="dense", step_kernel=kernel, eval_chunk=2
+        )
         for j in range(4):
             trainer.train_batch(j)
         errors.append(trainer.evaluate().error)
@@ -184,9 +190,9 @@ def test_the_triton_step_is_refused_on_the_cpu(paper_trials):
     from eqp.engines.minimiser import LayoutError
 
     with pytest.raises(LayoutError, match="runs on CUDA devices only"):
-        Trainer(paper_trials["wine_5layer_swni"], layout="dense", step_kernel="triton")
+        Trainer.build(paper_trials["wine_5layer_swni"], layout="dense", step_kernel="triton")
     with pytest.raises(LayoutError, match="unknown step kernel 'cutlass'"):
-        Trainer(paper_trials["wine_5layer_swni"], layout="dense", step_kernel="cutlass")
+        Trainer.build(paper_trials["wine_5layer_swni"], layout="dense", step_kernel="cutlass")
 
 
 def test_the_triton_kernel_computes_the_step_in_tritons_interpreter(tmp_path):

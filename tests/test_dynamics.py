@@ -115,7 +115,7 @@ def test_fused_kernel_follows_weight_updates(paper_trials, native_kernel):
     settings = paper_trials["mnist_5layer_swni"].with_overrides({"free_iterations": 30})
     data = synthetic_dataset(settings, 3)
     trainers = {
-        layout: Trainer(settings, data=data, layout=layout) for layout in ("blocked", "fused")
+        layout: Trainer.build(settings, data=data, layout=layout) for layout in ("blocked", "fused")
     }
     for j in range(3):
         for trainer in trainers.values():
@@ -154,7 +154,7 @@ def test_free_phase_never_increases_the_energy(paper_trials):
 def test_training_batches_agree_between_engines(paper_trials):
     settings = paper_trials["wine_5layer_swni"].with_overrides({"free_iterations": 200})
     data = synthetic_dataset(settings, 4)
-    trainers = {name: Trainer(settings, engine=name, data=data) for name in ("dense", "fast")}
+    trainers = {name: Trainer.build(settings, engine=name, data=data) for name in ("dense", "fast")}
     for j in range(4):
         outputs = {name: t.train_batch(j) for name, t in trainers.items()}
         dense_rates, fast_rates = outputs["dense"][1], outputs["fast"][1]

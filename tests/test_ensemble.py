@@ -15,7 +15,8 @@ import pytest
 
 from eqp.outputs import records
 from eqp.training.ensemble import Ensemble, EnsembleError, check_stackable, run_ensemble
-from eqp.training.trainer import Trainer, run_trial
+from eqp.training.run import run_trial
+from eqp.training.trainer import Trainer
 
 # Parameters drift apart by float32 rounding only: measured 6e-8..1.2e-7 after 2 Wine epochs
 # on the CPU, and up to 1.5e-5 (1.1e-4 relative) in Diabetes biases after 1 epoch on an H200.
@@ -28,7 +29,7 @@ def _history(trainer_errors):
 
 
 def _separate(settings, epochs, data_root=None):
-    trainer = Trainer(settings, data_root, layout="dense")
+    trainer = Trainer.build(settings, data_root, layout="dense")
     errors = [trainer.evaluate().error]
     for _ in range(epochs):
         error, rates = trainer.train_epoch()
@@ -37,7 +38,7 @@ def _separate(settings, epochs, data_root=None):
 
 
 def _together(members, epochs, data_root=None, cuda_graphs=True):
-    trainers = [Trainer(s, data_root, layout="dense") for s in members]
+    trainers = [Trainer.build(s, data_root, layout="dense") for s in members]
     ensemble = Ensemble(trainers, cuda_graphs=cuda_graphs)
     errors = [[e.error] for e in ensemble.evaluate()]
     for _ in range(epochs):
@@ -192,7 +193,7 @@ def test_an_interrupted_ensemble_resumes_to_the_uninterrupted_outputs(paper_tria
 def test_a_checkpoint_of_one_member_only_restarts_every_member(paper_trials, tmp_path):
     base = paper_trials["wine_5layer_swni"].with_overrides({"epochs": 1, "free_iterations": 50})
     members = [base.with_overrides({"bypass_p": p}) for p in (0.0, 0.2)]
-    lone = Trainer(members[0])
+    lone = Trainer.build(members[0])
     lone.ensemble = {"members": 2, "index": 0, "step_kernel": "cublas"}
     checkpoint = tmp_path / "ck0.safetensors"
     lone.save_checkpoint(checkpoint)
@@ -272,7 +273,7 @@ def test_checkpoints_out_of_lockstep_restart_every_member(paper_trials, tmp_path
     checkpoints = [tmp_path / f"ck{i}.safetensors" for i in range(2)]
     record = {"members": 2, "step_kernel": "cublas", "member_epochs": [1, 2]}
     for index, (settings, path) in enumerate(zip(members, checkpoints, strict=True)):
-        lone = Trainer(settings, layout="dense")
+        lone = Trainer.build(settings, layout="dense")
         lone.ensemble = {**record, "index": index}
         lone.epoch = 1 - index  # the short member at 1, the long one still at 0: not lockstep
         lone.save_checkpoint(path)

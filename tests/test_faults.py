@@ -35,7 +35,8 @@ from workflow_helpers import (
 
 from eqp import cli, pipeline
 from eqp.config.settings import SettingsError, load_settings_yaml, load_yaml, parse_override
-from eqp.training.trainer import Trainer, run_trial
+from eqp.training.run import run_trial
+from eqp.training.trainer import Trainer
 
 PAPER = str(REPO / "config" / "paper.yaml")
 WINE = ("train", PAPER, "--trial", "wine_5layer_swni", "--no-progress")
@@ -136,7 +137,7 @@ def _quick(paper_trials, **changes):
 
 
 def _saved_checkpoint(settings, path: Path) -> Path:
-    trainer = Trainer(settings)
+    trainer = Trainer.build(settings)
     trainer.history.rows.append({"epoch": 0})
     trainer.save_checkpoint(path)
     return path

@@ -14,7 +14,8 @@ import os
 import pytest
 import torch
 
-from eqp.training.trainer import Trainer, log_spread
+from eqp.training.run import log_spread
+from eqp.training.trainer import Trainer
 
 # The fallback layout's runs are marked slow: the quick suite checks the default path. With
 # EQP_TEST_DEVICE=cuda every trial runs on the GPU instead (dense layout, CUDA graphs).
@@ -36,7 +37,7 @@ def layout(request, test_device):
 def _run(settings, layout):
     torch.set_num_threads(1)
     layout, _, step_kernel = layout.partition("+")
-    trainer = Trainer(
+    trainer = Trainer.build(
         settings.with_overrides({"device": DEVICE}),
         layout=layout,
         step_kernel=step_kernel or "cublas",

@@ -19,7 +19,7 @@ from workflow_helpers import (
 
 from eqp import pipeline
 from eqp.config.settings import load_yaml
-from eqp.training.trainer import run_trial
+from eqp.training.run import run_trial
 
 TRIAL = "wine_5layer_swni"
 

@@ -12,7 +12,7 @@ import pytest
 from eqp import cli
 from eqp.engines.backends import c_kernel
 from eqp.outputs import records, runs
-from eqp.training.trainer import run_trial
+from eqp.training.run import run_trial
 
 QUICK = {"epochs": 1, "free_iterations": 20, "weakly_clamped_iterations": 4}
 

@@ -8,7 +8,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from eqp.outputs import records
-from eqp.training.trainer import run_trial
+from eqp.training.run import run_trial
 
 
 def _outputs(folder) -> dict:

@@ -16,7 +16,8 @@ import torch
 from safetensors.numpy import load_file
 
 from eqp.outputs import records
-from eqp.training.trainer import DeviceError, Trainer, resolve_device, run_trial
+from eqp.training.run import run_trial
+from eqp.training.trainer import DeviceError, Trainer, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,25 +76,25 @@ def test_same_config_and_seed_give_identical_results(paper_trials, tmp_path):
 
 
 def test_different_seeds_give_different_networks(paper_trials, tmp_path):
-    a = Trainer(_small(paper_trials, seed=0))
-    b = Trainer(_small(paper_trials, seed=1))
+    a = Trainer.build(_small(paper_trials, seed=0))
+    b = Trainer.build(_small(paper_trials, seed=1))
     assert not torch.equal(a.net.weights, b.net.weights)
 
 
 def test_checkpoint_resume_equals_an_uninterrupted_run(paper_trials, tmp_path):
     settings = _small(paper_trials)
-    straight = Trainer(settings)
+    straight = Trainer.build(settings)
     straight.evaluate()
     expected = [straight.train_epoch()[0] for _ in range(3)]
     expected_test = straight.evaluate().error
 
     checkpoint = tmp_path / "state.safetensors"
-    first = Trainer(settings)
+    first = Trainer.build(settings)
     first.evaluate()
     got = [first.train_epoch()[0] for _ in range(2)]
     first.history.rows.append({"epoch": 2})
     first.save_checkpoint(checkpoint)
-    second = Trainer(settings)
+    second = Trainer.build(settings)
     assert second.load_checkpoint(checkpoint)
     assert second.epoch == 2
     got.append(second.train_epoch()[0])
@@ -171,14 +172,14 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_outputs(tmp_path):
 
 def test_checkpoint_of_other_settings_is_not_resumed(paper_trials, tmp_path):
     checkpoint = tmp_path / "state.safetensors"
-    first = Trainer(_small(paper_trials))
+    first = Trainer.build(_small(paper_trials))
     first.history.rows.append({"epoch": 0})
     first.save_checkpoint(checkpoint)
-    assert Trainer(_small(paper_trials)).load_checkpoint(checkpoint)
-    assert not Trainer(_small(paper_trials, learning_rate=0.02)).load_checkpoint(checkpoint)
-    assert not Trainer(_small(paper_trials), layout="blocked").load_checkpoint(checkpoint)
+    assert Trainer.build(_small(paper_trials)).load_checkpoint(checkpoint)
+    assert not Trainer.build(_small(paper_trials, learning_rate=0.02)).load_checkpoint(checkpoint)
+    assert not Trainer.build(_small(paper_trials), layout="blocked").load_checkpoint(checkpoint)
     checkpoint.write_bytes(b"truncated")
-    assert not Trainer(_small(paper_trials)).load_checkpoint(checkpoint)
+    assert not Trainer.build(_small(paper_trials)).load_checkpoint(checkpoint)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -187,7 +188,7 @@ def test_cuda_without_cuda_is_one_clear_error(paper_trials):
     with pytest.raises(DeviceError, match="device 'cuda' was requested but this machine has no"):
         resolve_device("cuda")
     with pytest.raises(DeviceError):
-        Trainer(_small(paper_trials, device="cuda"))
+        Trainer.build(_small(paper_trials, device="cuda"))
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -300,12 +301,12 @@ def test_per_layer_rates_scale_blocks_and_bias_as_configured(paper_trials, corre
     )
     from eqp.data.datasets import synthetic_dataset
 
-    trainer = Trainer(settings, data=synthetic_dataset(settings, 1))
+    trainer = Trainer.build(settings, data=synthetic_dataset(settings, 1))
     w0, b0 = trainer.net.weights.clone(), trainer.net.biases.clone()
     x = trainer.data.train.x[0]
     free = trainer.engine.free(x, trainer.train_particles[0], settings.free_iterations)
     nudged = trainer.engine.nudged(x, free, trainer.data.train.y[0], 1.0, 4)
-    trainer._update(x, free, nudged, 1.0)
+    trainer.weight_update.apply(x, free, nudged, 1.0)
     inputs = x.float()
     r_free, r_nudged = torch.cat([inputs, free], 1), torch.cat([inputs, nudged], 1)
     d_w = (r_nudged.T @ r_nudged - r_free.T @ r_free) / x.shape[0] * trainer.net.mask

@@ -1,6 +1,6 @@
 """The compiled weight update gives the torch path's bits exactly.
 
-``Trainer._update`` has two paths: torch (one dense N x H product from MKL, then passes over
+``WeightUpdate.apply`` has two paths: torch (one dense N x H product from MKL, then passes over
 it) and the compiled one (``c_kernel.FusedUpdate``: each connection once, the same float32
 operations per entry, on the kernel's threads). Where the compiled one runs it must leave
 weights, biases, the fused kernel's packed copies, the per-layer rates and the |dW| record
@@ -19,7 +19,7 @@ from eqp.training.trainer import Trainer
 
 
 def _state(trainer: Trainer, rates: list[np.ndarray]) -> dict[str, torch.Tensor]:
-    fused = trainer._inner.fused
+    fused = trainer.weight_update.engine.fused
     return {
         "weights": trainer.net.weights.clone(),
         "biases": trainer.net.biases.clone(),
@@ -32,7 +32,7 @@ def _state(trainer: Trainer, rates: list[np.ndarray]) -> dict[str, torch.Tensor]
 
 def _train(settings, data, update: str, threads: int) -> tuple[str, dict[str, torch.Tensor]]:
     torch.set_num_threads(1)
-    trainer = Trainer(settings, data=data, threads=threads, update=update, eval_chunk=2)
+    trainer = Trainer.build(settings, data=data, threads=threads, update=update, eval_chunk=2)
     rates = [trainer.train_epoch()[1] for _ in range(2)]
     return trainer.update, _state(trainer, rates)
 
@@ -92,6 +92,6 @@ def test_the_torch_product_is_checked_before_the_compiled_update_runs(compiled_u
 
 def test_the_torch_update_stays_where_it_is_asked_for(paper_trials, native_kernel):
     settings = paper_trials["wine_5layer_swni"]
-    assert Trainer(settings, update="torch").update == "torch"
+    assert Trainer.build(settings, update="torch").update == "torch"
     with pytest.raises(ValueError, match="unknown update"):
-        Trainer(settings, update="fast")
+        Trainer.build(settings, update="fast")

@@ -29,7 +29,7 @@ import pandas as pd
 from eqp.outputs.records import INTEGER_METRICS, RecordError, TrialRecord
 
 CHECKPOINT_SUFFIX = ".safetensors"
-# "epoch 3: train error 0.1, test error 0.2 (41.2 s" as written by eqp.training.trainer.record_epoch
+# "epoch 3: train error 0.1, test error 0.2 (41.2 s" as written by eqp.training.run.record_epoch
 EPOCH_LINE = re.compile(
     r"epoch (?P<epoch>\d+): (?:train error (?P<train>\S+), )?test error (?P<test>[^\s,(]+)"
     r"(?: \((?P<seconds>[\d.]+) s)?"
@@ -171,7 +171,7 @@ class PartialRecord(TrialRecord):
 
 
 def _log_spread(rates: np.ndarray) -> float:
-    """Population sd of log10 of each pair's mean rate (as eqp.training.trainer.log_spread)."""
+    """Population sd of log10 of each pair's mean rate (as eqp.training.run.log_spread)."""
     if rates.size == 0:
         return float("nan")
     means = rates.reshape(-1, rates.shape[-1]).mean(0)

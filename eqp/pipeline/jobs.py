@@ -139,7 +139,7 @@ def train(
     its final state, which a later job asking for more epochs continues."""
     import warnings
 
-    from eqp.training.trainer import run_trial
+    from eqp.training.run import run_trial
 
     settings = trial_from_dict(params["name"], params["settings"])
     with logged(log_path, writes_to=(out_dir, checkpoint)), warnings.catch_warnings():

@@ -24,7 +24,8 @@ import torch
 from eqp.config.settings import TrialSettings
 from eqp.data.datasets import DataSet, load_dataset, synthetic_dataset
 from eqp.engines.converged import SorParameters, make_settler
-from eqp.training.trainer import Trainer, WorkTally
+from eqp.training.scoring import WorkTally
+from eqp.training.trainer import Trainer
 
 DEFAULT_TRIALS = ("mnist_5layer_swni", "mnist_3layer_mlff", "wine_8layer_mlff")
 
@@ -57,7 +58,7 @@ def time_engine(
 ) -> EngineTiming:
     """Seconds per training batch (free, nudged, update) and per free-phase Euler step."""
     data = synthetic_dataset(settings, batches + 1, settings.device)
-    trainer = Trainer(
+    trainer = Trainer.build(
         settings, engine=engine, data=data, layout=layout if engine == "fast" else "auto"
     )
     trainer.train_batch(0)
@@ -226,7 +227,7 @@ def time_phases(
         settles = [s for s in settles if s != "sor"]
     converged = settings.with_overrides({"settle": "sor"}) if "sor" in settles else settings
     torch.set_num_threads(1)  # as in run_trial: only the fused kernel uses several threads
-    trainer = Trainer(converged, data=data, eval_chunk=chunk, threads=max(threads))
+    trainer = Trainer.build(converged, data=data, eval_chunk=chunk, threads=max(threads))
     start = time.perf_counter()
     trainer.train_epoch()
     trainer.evaluate()
@@ -254,8 +255,8 @@ def time_phases(
             for count in threads:
                 for position, update in enumerate(updates):
                     trainer.engine = engines[method]
-                    trainer.threads = count
-                    trainer.set_update(update)
+                    trainer.weight_update.threads = count
+                    trainer.weight_update.choose(update)
                     if getattr(inner, "fused", None) is not None:
                         inner.fused.threads = count
                     snapshot.restore(trainer)
@@ -319,7 +320,7 @@ def _time_updates(
     repeats: int,
     emit: Callable[[str], None],
 ) -> None:
-    """The weight update alone (``Trainer._update`` on one batch's states), every update and
+    """The weight update alone (``WeightUpdate.apply`` on one batch's states), every update and
     thread count interleaved, best of ``repeats``: the part of a batch this choice changes."""
     x, y = trainer.data.train.x[0], trainer.data.train.y[0]
     free = trainer.engine.free(x, trainer.train_particles[0], trainer.settings.free_iterations)
@@ -327,11 +328,11 @@ def _time_updates(
     best: dict[tuple[str, int], float] = {}
     for _ in range(repeats):
         for update in updates:
-            trainer.set_update(update)
+            trainer.weight_update.choose(update)
             for count in threads:
-                trainer.threads = count
+                trainer.weight_update.threads = count
                 tick = time.perf_counter()
-                trainer._update(x, free, nudged, trainer.beta)
+                trainer.weight_update.apply(x, free, nudged, trainer.beta)
                 seconds = time.perf_counter() - tick
                 key = (trainer.update, count)
                 best[key] = min(best.get(key, math.inf), seconds)

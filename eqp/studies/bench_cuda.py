@@ -85,7 +85,7 @@ def time_single(
 ) -> tuple[CudaTiming, torch.Tensor]:
     """One trial alone; also its weights after the timed batches (to compare kernels)."""
     data = synthetic_dataset(settings, max(batches + 2, chunk), settings.device)
-    trainer = Trainer(
+    trainer = Trainer.build(
         settings,
         data=data,
         layout="dense",
@@ -119,7 +119,7 @@ def time_ensemble(
         values = [0.0] + [10 ** (-4 + 4 * k / max(1, members - 2)) for k in range(members - 1)]
         variants = [{"bypass_p": p} for p in values]
     trainers = [
-        Trainer(settings.with_overrides(v), data=data, layout="dense", eval_chunk=chunk)
+        Trainer.build(settings.with_overrides(v), data=data, layout="dense", eval_chunk=chunk)
         for v in variants
     ]
     ensemble = Ensemble(trainers, step_kernel=step_kernel)

@@ -52,7 +52,7 @@ class Job:
 
 def _run(job: Job) -> dict[str, Any]:
     """Train one trial (or reuse its finished folder); return its summary."""
-    from eqp.training.trainer import run_trial
+    from eqp.training.run import run_trial
 
     summary = Path(job.folder) / "summary.json"
     if not summary.is_file():
@@ -153,7 +153,7 @@ def states_study(
     settings = trials["mnist_5layer_swni"].with_overrides(
         {"settle": "sor", "train_examples": batches * 20, "test_examples": 20}
     )
-    trainer = Trainer(settings, data_root)
+    trainer = Trainer.build(settings, data_root)
     inner = trainer.engine.inner
     counts = {
         start: {

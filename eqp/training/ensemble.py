@@ -11,7 +11,9 @@ go on), so its outputs equal its separate run within float rounding (batched and
 products sum in different orders), and its trial folder is written as a single run's.
 
 Members are ordinary :class:`eqp.training.trainer.Trainer` objects whose tensors are re-pointed at
-slices of the stacked ones, so checkpoints and trial folders are theirs unchanged.
+slices of the stacked ones, so checkpoints and trial folders are theirs unchanged; scoring and
+the run of the trial folders (:func:`eqp.training.run.run_members`) are a single trial's too.
+Only the update is the ensemble's own: one batched product, which rounds differently.
 """
 
 from __future__ import annotations
@@ -30,16 +32,11 @@ from eqp.engines.backends import torchscript, triton_step
 from eqp.engines.backends.cuda_graphs import GraphedLoops
 from eqp.engines.fast import check_step_kernel
 from eqp.model.network import rho
-from eqp.training.trainer import (
-    Evaluation,
-    Trainer,
-    TrialOutcome,
-    WorkTally,
-    _check_writable_places,
-    finish_trial_folder,
-    record_epoch,
-    record_initial,
-)
+from eqp.training import scoring
+from eqp.training.run import Member, TrialOutcome, check_writable_places, run_members
+from eqp.training.scoring import Evaluation, WorkTally
+from eqp.training.trainer import Trainer
+from eqp.training.update import fold_into_mean
 
 
 def ensemble_record(members: Sequence[Trainer], step_kernel: str) -> dict[str, Any]:
@@ -92,6 +89,7 @@ class Ensemble:
             dtype=torch.float32,
             device=self.device,
         )
+        self.cuda_graphs = cuda_graphs
         self.graphs = GraphedLoops() if self.device.type == "cuda" and cuda_graphs else None
         self.step_kernel = step_kernel
         self._loop = (
@@ -99,21 +97,27 @@ class Ensemble:
         )
         self.refresh()
 
+    def regroup(self, members: list[Trainer]) -> Ensemble:
+        """A stack of ``members`` (some of this one's, at its epoch) with its options."""
+        return Ensemble(members, cuda_graphs=self.cuda_graphs, step_kernel=self.step_kernel)
+
     # -- stacking ----------------------------------------------------------------------------
 
     def _stack_parameters(self) -> None:
         self.weights = torch.stack([m.net.weights for m in self.members])
         self.biases = torch.stack([m.net.biases for m in self.members])
-        self.mask_columns = torch.stack([m._mask_columns for m in self.members])
+        self.mask_columns = torch.stack([m.weight_update.mask_columns for m in self.members])
         self.mean_abs_dw = torch.stack([m.mean_abs_dw for m in self.members])
         for index, member in enumerate(self.members):
             member.net.weights = self.weights[index]
             member.net.biases = self.biases[index]
             member.mean_abs_dw = self.mean_abs_dw[index]
         first = self.members[0]
-        self.pair_columns = first._pair_columns
+        self.pair_columns = first.weight_update.pair_columns
         self.pair_counts = torch.tensor(
-            [m._pair_counts for m in self.members], dtype=torch.float32, device=self.device
+            [m.weight_update.pair_counts for m in self.members],
+            dtype=torch.float32,
+            device=self.device,
         )
 
     def _stack_particles(self) -> None:
@@ -150,16 +154,9 @@ class Ensemble:
 
     def _stack_learning_rates(self) -> None:
         """Per member a factor on dW (its scalar rate, or per-pair rates) and on the biases."""
-        weight_factors, bias_factors = [], []
-        for member in self.members:
-            if member._factor is None:
-                rate = float(member.settings.learning_rate)
-                weight_factors.append(torch.full_like(member._mask_columns, rate))
-                bias_factors.append(torch.full_like(member.net.biases, rate))
-            else:
-                weight_factors.append(member._factor)
-                bias = member._bias_factor
-                bias_factors.append(torch.ones_like(member.net.biases) if bias is None else bias)
+        weight_factors, bias_factors = zip(
+            *(m.weight_update.factors() for m in self.members), strict=True
+        )
         self.weight_factor = torch.stack(weight_factors)
         self.bias_factor = torch.stack(bias_factors)
 
@@ -195,18 +192,12 @@ class Ensemble:
             )
         return self._loop(drive, state.clone(), target, pull, self.matrix, steps, self.output_start)
 
-    def _scores(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per member (and any further leading axes) the correct count or the mean cost."""
-        if self.classification:
-            return (outputs.argmax(-1) == targets.argmax(-1)).sum(-1)
-        return (0.5 * ((targets - outputs) ** 2).sum(-1)).mean(-1)
-
     # -- training ----------------------------------------------------------------------------
 
     def _update(
         self, x: torch.Tensor, free: torch.Tensor, nudged: torch.Tensor, betas: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every member's EqProp update at once (see Trainer._update): rates and |dW|."""
+        """Every member's EqProp update at once (see WeightUpdate.apply): rates and |dW|."""
         inputs = rho(x.to(torch.float32))
         r_free = torch.cat([inputs, free], 2)
         r_nudged = torch.cat([inputs, nudged], 2)
@@ -240,7 +231,7 @@ class Ensemble:
         drive = self.drive(x)
         free = self.settle(drive, self.train_particles[j], s.free_iterations)
         self.train_particles[j] = free
-        scores = self._scores(free[:, :, self.output_start :], y)
+        scores = scoring.score(free[:, :, self.output_start :], y, self.classification)
         for member in self.members:
             if member.stream.randint(0, 2) == 1:
                 member.beta = -member.beta
@@ -269,7 +260,7 @@ class Ensemble:
                 progress(1)
         epoch = self.members[0].epoch + 1
         epoch_abs /= n_batches
-        self.mean_abs_dw += (epoch_abs - self.mean_abs_dw) / epoch
+        fold_into_mean(self.mean_abs_dw, epoch_abs, epoch)
         steps = self.settings.free_iterations
         examples = n_batches * self.settings.batch_size
         totals = score.cpu().numpy()
@@ -277,11 +268,10 @@ class Ensemble:
         results = []
         for index, member in enumerate(self.members):
             member.epoch = epoch
-            member.train_work = WorkTally(examples, examples * steps, steps, 0)
-            if self.classification:
-                error = (examples - int(totals[index])) / examples
-            else:
-                error = float(totals[index]) / n_batches
+            member.train_work = WorkTally.euler(examples, steps)
+            error = scoring.error(
+                totals[index], examples, n_batches, self.classification, training=True
+            )
             results.append((error, per_member[:, index]))
         return results
 
@@ -303,7 +293,7 @@ class Ensemble:
             moved = free.view(count, stop - start, size, hidden)
             self.test_particles[start:stop] = moved.transpose(0, 1)
             outputs = free[:, :, self.output_start :].view(count, stop - start, size, -1)
-            scores.append(self._scores(outputs, y))
+            scores.append(scoring.score(outputs, y, self.classification))
             last = torch.cat([x[:, -size:], free[:, -size:]], 2)
         totals = torch.cat(scores, 1).double().cpu().numpy()
         low = (last == 0).sum((1, 2)).cpu().numpy()
@@ -311,11 +301,10 @@ class Ensemble:
         results = []
         examples = n_batches * size
         for index in range(count):
-            if self.classification:
-                error = 1 - int(totals[index].sum()) / examples
-            else:
-                error = float(sum(float(v) for v in totals[index])) / n_batches
-            work = WorkTally(examples, examples * s.free_iterations, s.free_iterations, 0)
+            error = scoring.error(
+                totals[index], examples, n_batches, self.classification, training=False
+            )
+            work = WorkTally.euler(examples, s.free_iterations)
             results.append(Evaluation(error, int(low[index]), int(high[index]), work))
         return results
 
@@ -350,10 +339,12 @@ def run_ensemble(
             f"{len(settings_list)} trials but {len(paths)} checkpoints; give one each (or none)"
         )
     for folder, checkpoint in zip(out_dirs, paths, strict=True):
-        _check_writable_places(Path(folder), checkpoint)
+        check_writable_places(Path(folder), checkpoint)
     torch.set_num_threads(1)
     started = time.perf_counter()
-    trainers = [Trainer(s, data_root, eval_chunk=eval_chunk, layout="dense") for s in settings_list]
+    trainers = [
+        Trainer.build(s, data_root, eval_chunk=eval_chunk, layout="dense") for s in settings_list
+    ]
     ensemble = Ensemble(trainers, cuda_graphs=cuda_graphs, step_kernel=step_kernel)
     first = trainers[0]
     log(
@@ -365,53 +356,16 @@ def run_ensemble(
     )
     _resume_together(trainers, paths, log)
     ensemble.refresh()
-    resumed = [member.epoch for member in trainers]
-    if not first.history.rows:
-        tick = time.perf_counter()
-        initial = ensemble.evaluate()
-        seconds = time.perf_counter() - tick
-        for member, evaluation in zip(trainers, initial, strict=True):
-            record_initial(member, evaluation, seconds, _member_log(log, member))
-        _save_all(trainers, paths)
-    while True:
-        going_on = [
-            (m, p) for m, p in zip(trainers, paths, strict=True) if m.epoch < m.settings.epochs
-        ]
-        if not going_on:
-            break
-        members = [member for member, _ in going_on]
-        if len(members) < len(ensemble.members):
-            log(
-                f"{len(trainers) - len(members)} member(s) finished; the other "
-                f"{len(members)} go on from epoch {members[0].epoch}"
-            )
-            ensemble = Ensemble(members, cuda_graphs=cuda_graphs, step_kernel=step_kernel)
-        tick = time.perf_counter()
-        trained = ensemble.train_epoch()
-        evaluations = ensemble.evaluate()
-        seconds = time.perf_counter() - tick
-        for member, (error, rates), evaluation in zip(members, trained, evaluations, strict=True):
-            record_epoch(member, error, rates, evaluation, seconds, _member_log(log, member))
-        _save_all(members, [path for _, path in going_on])
-    total = time.perf_counter() - started
-    outcomes = []
-    for member, folder, checkpoint, start in zip(trainers, out_dirs, paths, resumed, strict=True):
-        summary = finish_trial_folder(member, Path(folder), preset, total, keep_state)
-        if checkpoint is not None:
-            checkpoint.unlink(missing_ok=True)
-        outcomes.append(TrialOutcome(Path(folder), summary, start))
-    return outcomes
+    members = [
+        Member(trainer, Path(folder), path, _member_log(log, trainer), resumed=trainer.epoch)
+        for trainer, folder, path in zip(trainers, out_dirs, paths, strict=True)
+    ]
+    return run_members(members, ensemble, log, started, preset=preset, keep_state=keep_state)
 
 
 def _member_log(log: Callable[[str], None], member: Trainer) -> Callable[[str], None]:
     label = f"[{member.settings.name} p={member.settings.bypass_p} seed {member.settings.seed}] "
     return lambda line: log(label + line)
-
-
-def _save_all(trainers: Sequence[Trainer], paths: Sequence[Path | None]) -> None:
-    for member, path in zip(trainers, paths, strict=True):
-        if path is not None:
-            member.save_checkpoint(path)
 
 
 def _resume_together(

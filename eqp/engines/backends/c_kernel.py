@@ -430,7 +430,7 @@ def _i64(values: torch.Tensor | list[int]) -> torch.Tensor:
 class FusedUpdate:
     """The EqProp weight update on the connections that exist, by the compiled kernel.
 
-    It does what ``Trainer._update``'s torch path does to every entry of dW, with the same
+    It does what ``WeightUpdate.apply``'s torch path does to every entry of dW, with the same
     float32 operations in the same order (see ``csrc/update.h``), but visits only the
     upper triangle's connections, once each, and writes W, its mirror, the fused kernel's
     packed copies (``steps``, so its refresh need not repack) and the |dW| sums directly.

@@ -49,8 +49,11 @@ def plan_settings(plan: Plan) -> dict[str, dict[str, Any]]:
     return found
 
 
-def write_slim(record: TrialRecord, dest: Path, with_mean_dw: bool) -> None:
-    """Copy what figures and tables read, small; summary.json last, as in a real folder."""
+def write_slim(
+    record: TrialRecord, dest: Path, with_mean_dw: bool, preset: str | None = None
+) -> None:
+    """Copy what figures and tables read, small; summary.json last, as in a real folder.
+    ``preset`` stands in where the record does not say its own (a checkpoint does not)."""
     dest.mkdir(parents=True, exist_ok=True)
     metrics = record.metrics
     rows = [
@@ -69,6 +72,8 @@ def write_slim(record: TrialRecord, dest: Path, with_mean_dw: bool) -> None:
         if not (target.exists() and target.samefile(source)):
             shutil.copyfile(source, target)
     summary = {**record.summary, "snapshot": SLIM_NOTE}
+    if summary.get("preset") is None:
+        summary["preset"] = preset
     records.atomic_write_json(dest / "summary.json", records.json_safe(summary))
 
 
@@ -137,7 +142,7 @@ def take_snapshot(
             log.info("left out %s: %s", folder, exc)
             continue
         dest = out / "results" / Path(folder).relative_to(root)
-        write_slim(record, dest, with_mean_dw=folder in fig5_folders)
+        write_slim(record, dest, with_mean_dw=folder in fig5_folders, preset=plan.preset)
         copies[folder] = dest
         if _is_partial(record):
             partial.append(folder)

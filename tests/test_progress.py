@@ -245,7 +245,7 @@ def _summary_folder(folder: Path, **summary) -> TrialRecord:
 def test_a_final_number_is_flagged_outside_the_published_runs_last_ten_epochs(tmp_path):
     curve = load_published_curves()["trials"]["mnist_5layer_swni"]["test_error"]
     low, high = min(curve[-10:]), max(curve[-10:])
-    settings = {"epochs": 100, "bypass_p": 0.07}
+    settings = {"dataset": "mnist", "epochs": 100, "bypass_p": 0.07}
     inside, outside = (
         _summary_folder(
             tmp_path / name,
@@ -263,7 +263,7 @@ def test_a_final_number_is_flagged_outside_the_published_runs_last_ten_epochs(tm
         seed=0,
         epochs_run=3,
         partial=True,
-        settings={"epochs": 10, "bypass_p": 0.0},
+        settings={"dataset": "mnist", "epochs": 10, "bypass_p": 0.0},
         test_error=0.5,
     )
     frame = comparison_table(

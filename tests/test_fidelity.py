@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from eqp.training.run import log_spread
+from eqp.outputs.records import log_spread
 from eqp.training.trainer import Trainer
 
 # The fallback layout's runs are marked slow: the quick suite checks the default path. With

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eqp.outputs.records import INTEGER_METRICS, RecordError, TrialRecord
+from eqp.outputs.records import INTEGER_METRICS, RecordError, TrialRecord, log_spread
 
 CHECKPOINT_SUFFIX = ".safetensors"
 # "epoch 3: train error 0.1, test error 0.2 (41.2 s" as written by eqp.training.run.record_epoch
@@ -131,7 +131,7 @@ class PartialRecord(TrialRecord):
             "initial_test_error": rows[0]["test_error"],
             "train_error": last["train_error"],
             "test_error": last["test_error"],
-            "log_spread": _log_spread(rates),
+            "log_spread": log_spread(rates),
             "partial": True,
         }
 
@@ -168,15 +168,6 @@ class PartialRecord(TrialRecord):
     @property
     def initial(self) -> dict[str, np.ndarray]:
         raise RecordError(f"{self.folder} is not finished: initial.npz is written when it ends")
-
-
-def _log_spread(rates: np.ndarray) -> float:
-    """Population sd of log10 of each pair's mean rate (as eqp.training.run.log_spread)."""
-    if rates.size == 0:
-        return float("nan")
-    means = rates.reshape(-1, rates.shape[-1]).mean(0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(np.std(np.log10(means)))
 
 
 def _pair_learning_rates(settings: Mapping[str, Any]) -> list[float]:

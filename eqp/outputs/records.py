@@ -178,6 +178,16 @@ def read_metrics(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     return columns
 
 
+def log_spread(rates: np.ndarray) -> float:
+    """Population sd of log10 of each pair's mean rate over all batches of all epochs (the
+    paper's log-spread; NaN where a pair has no connections left)."""
+    if rates.size == 0:
+        return float("nan")
+    means = rates.reshape(-1, rates.shape[-1]).mean(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.std(np.log10(means)))
+
+
 def sparse_from_dense(matrix: np.ndarray, where: np.ndarray) -> dict[str, np.ndarray]:
     rows, cols = np.nonzero(where)
     return {

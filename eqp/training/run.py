@@ -435,7 +435,7 @@ def write_trial_folder(
         "test_error": rows[-1]["test_error"],
         "realised_p": trainer.topology.realised_p,
         "rewired_connections": trainer.topology.rewired,
-        "log_spread": log_spread(rates),
+        "log_spread": records.log_spread(rates),
         "layer_rate_means": [float(v) for v in rate_means],
         "batches_per_epoch": {"train": len(trainer.data.train), "test": len(trainer.data.test)},
         "engine": trainer.engine.name,
@@ -452,15 +452,6 @@ def write_trial_folder(
     }
     records.atomic_write_json(folder / "summary.json", records.json_safe(summary))
     return summary
-
-
-def log_spread(rates: np.ndarray) -> float:
-    """Population sd of log10 of each pair's mean rate over all batches of all epochs."""
-    if rates.size == 0:
-        return float("nan")
-    means = rates.reshape(-1, rates.shape[-1]).mean(0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(np.std(np.log10(means)))
 
 
 def versions() -> dict[str, str]:

@@ -562,7 +562,8 @@ def build_fig5(records: Mapping[str, Seeds], preset: str | None = None) -> Figur
     norm = LogNorm(vmin=floor, vmax=positive_values.max(), clip=True)
     cmap = colormaps["viridis"].with_extremes(bad="white")
 
-    fig = Figure(figsize=(4.6 * len(groups) + 1.4, 5.2), layout="constrained")
+    # at least 8 inches wide: the two-line title does not fit above one panel otherwise
+    fig = Figure(figsize=(max(4.6 * len(groups) + 1.4, 8.0), 5.2), layout="constrained")
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
     image = None
     for ax, (label, record) in zip(axes, chosen.items(), strict=True):

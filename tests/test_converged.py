@@ -213,27 +213,3 @@ def test_euler_trials_keep_the_plain_engine_and_record_fixed_work(paper_trials, 
     assert summary["settings"]["settle"] == "sor"
     assert 1 < metrics["train_work_mean"][1] < metrics["train_work_max"][1] < 1000
     assert metrics["train_capped"][1] == 0
-
-
-@pytest.mark.parametrize("name", ["mnist_5layer_swni", "mnist_3layer_swni"])
-def test_a_batch_settles_the_same_split_across_threads(paper_trials, native_kernel, name):
-    """A batch narrower than a strip per thread has its rows split across the team, which
-    drops finished columns (moving the others down) as one thread does: same bits, same work."""
-    settings = paper_trials[name]
-    net, x, state = _setup(settings, 24)
-    engine = FastEngine(net, settings.epsilon, "fused")
-    state[::3] = 0.5  # a mix of cold and warm starts, so columns finish at different passes
-    for batch in (5, 13, 20, 24):
-        drive = engine.drive(x[:batch])
-        results = []
-        for threads in (1, 2, 3):
-            engine.fused.threads = threads
-            results.append(
-                engine.fused.converge(drive, state[:batch], 0.5, 1.6, 1e-5, 0.1, 0.05, 1000)
-            )
-        one, work, capped = results[0]
-        assert int(work.max()) > int(work.min())  # finished columns leave the team's strip
-        for many, many_work, many_capped in results[1:]:
-            assert torch.equal(many, one)
-            assert torch.equal(many_work, work)
-            assert torch.equal(many_capped, capped)

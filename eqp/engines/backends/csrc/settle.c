@@ -253,8 +253,8 @@ struct converge_job {
     int by_strips;
     const int32_t *bound; /* per segment g: tiles of thread j are bound[g*(nt+1) + j] .. +1 */
     float *res;           /* nt x RES_STRIDE residuals (row split) */
-    float *scratch;       /* working strips (state, buffer, drive, raw): one per thread, or
-                           * one for the team with a row split */
+    float *scratch;       /* nt working strips (state, buffer, drive, raw) without a row split */
+    float *raw;           /* raw sums of one strip (row split) */
     int *next;            /* next column to settle without a row split */
 };
 
@@ -269,16 +269,6 @@ static inline void segment_tiles(const struct converge_job *j, int g, int tid, i
         *lo = j->bound[g * (nt + 1) + tid];
         *hi = j->bound[g * (nt + 1) + tid + 1];
     }
-}
-
-/* Rows r0..r1-1 of lane `lane` of a working strip back to column col of the caller's
- * strip layout. */
-static inline void copy_rows(const struct eqp_plan *p, float *strips, const float *lanes,
-                             int col, int lane, int64_t r0, int64_t r1)
-{
-    const int width = p->width;
-    float *home = strips + (int64_t)(col / width) * p->hidden * width + col % width;
-    for (int64_t row = r0; row < r1; row++) home[row * width] = lanes[row * width + lane];
 }
 
 /* Copy column col of the caller's strip layout (from) into lane `lane` of a working strip
@@ -469,7 +459,7 @@ int eqp_converge(const struct eqp_plan *p, const struct eqp_converge_args *a, fl
     int32_t *bound = malloc(sizeof(int32_t) * (size_t)p->n_segments * (nt + 1));
     float *res = malloc(sizeof(float) * (size_t)nt * RES_STRIDE);
     const size_t strip = (size_t)p->hidden * p->width;
-    float *scratch = malloc(sizeof(float) * 4 * (by_strips ? (size_t)nt : 1) * strip);
+    float *scratch = malloc(sizeof(float) * (by_strips ? 4 * (size_t)nt * strip : strip));
     if (!bound || !res || !scratch) {
         free(bound);
         free(res);
@@ -481,7 +471,7 @@ int eqp_converge(const struct eqp_plan *p, const struct eqp_converge_args *a, fl
         split_tiles(&t, t.first[g], t.first[g + 1], by_strips ? 1 : nt, bound + g * (nt + 1));
     int next = 0;
     struct converge_job job = {p, &t, a, s, buf, drive, work, capped, by_strips, bound, res,
-                               scratch, &next};
+                               scratch, scratch, &next};
     const converge_worker worker = pick_converge_worker();
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)

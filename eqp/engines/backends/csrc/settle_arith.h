@@ -215,24 +215,12 @@ INLINE void V(converge_tiles)(
     else V(converge_rows)(1, w, r0, r1, s, buf, raw, j->a, sor, euler, res);
 }
 
-/* Rows of segment g that thread tid works on (all of it without a row split). */
-INLINE void V(own_rows)(const struct converge_job *j, int g, int tid, int nt, int64_t *r0,
-                        int64_t *r1)
-{
-    int lo, hi;
-    segment_tiles(j, g, tid, nt, &lo, &hi);
-    *r0 = lo < hi ? j->t->row[lo] : 0;
-    *r1 = lo < hi ? j->t->row[hi - 1] + j->t->rows[hi - 1] : 0;
-}
-
 /*
  * Settle a set of lanes (the columns of one working strip). With a row split (`split`) the
- * lanes are strip c's columns in a working strip shared by the whole team: each thread copies
- * in and out the rows of its own tiles and keeps an identical copy of the lane modes.
- * Otherwise the thread owns a working strip whose lanes it fills with the next unsettled
- * columns (a shared counter) and refills as columns finish. Either way, once the unfinished
- * columns fit in fewer vectors they are moved down and the emptied vectors are no longer
- * computed, so a finished column stops costing work.
+ * lanes are strip c of the caller's arrays, settled in place by the whole team, each thread
+ * keeping an identical copy of the lane modes. Otherwise the thread owns a working strip
+ * whose lanes it fills with the next unsettled columns (a shared counter) and refills as
+ * columns finish, so a finished column stops costing work.
  */
 INLINE void V(converge_lanes)(
     const struct converge_job *j, int c, int tid, int nt)
@@ -241,18 +229,17 @@ INLINE void V(converge_lanes)(
     const struct eqp_converge_args *a = j->a;
     const int width = p->width, split = !j->by_strips;
     const int64_t strip = (int64_t)p->hidden * width;
-    float *s = j->scratch + (int64_t)(split ? 0 : tid) * 4 * strip;
-    float *buf = s + strip, *d = buf + strip, *raw = d + strip;
+    float *s, *buf, *d, *raw;
     if (split) {
-        /* strip c into the shared working strip, identity lanes, each thread its own rows */
-        for (int g = 0; g < p->n_segments; g++) {
-            int64_t r0, r1;
-            V(own_rows)(j, g, tid, nt, &r0, &r1);
-            const size_t at = (size_t)(r0 * width), n = (size_t)((r1 - r0) * width);
-            memcpy(s + at, j->s + c * strip + at, sizeof(float) * n);
-            memcpy(d + at, j->drive + c * strip + at, sizeof(float) * n);
-        }
-        barrier();
+        s = j->s + c * strip;
+        buf = j->buf + c * strip;
+        d = (float *)j->drive + c * strip;
+        raw = j->raw;
+    } else {
+        s = j->scratch + (int64_t)tid * 4 * strip;
+        buf = s + strip;
+        d = buf + strip;
+        raw = d + strip;
     }
     int col_of[MAX_WIDTH], mode[MAX_WIDTH], work[MAX_WIDTH], capped[MAX_WIDTH];
     int back[MAX_WIDTH];
@@ -319,8 +306,10 @@ INLINE void V(converge_lanes)(
         }
         if (euler) {
             for (int g = 0; g < p->n_segments; g++) {
-                int64_t r0, r1;
-                V(own_rows)(j, g, tid, nt, &r0, &r1);
+                int lo, hi;
+                segment_tiles(j, g, tid, nt, &lo, &hi);
+                if (lo == hi) continue;
+                const int64_t r0 = j->t->row[lo], r1 = j->t->row[hi - 1] + j->t->rows[hi - 1];
                 for (int64_t row = r0; row < r1; row++)
                     for (int lane = 0; lane < width; lane++)
                         if (back[lane]) s[row * width + lane] = buf[row * width + lane];
@@ -340,15 +329,7 @@ INLINE void V(converge_lanes)(
                 j->capped[col] = capped[lane];
             }
             col_of[lane] = -1;
-            if (split) {
-                /* strip c's lanes start as its columns; compaction may have moved them */
-                for (int g = 0; g < p->n_segments; g++) {
-                    int64_t r0, r1;
-                    V(own_rows)(j, g, tid, nt, &r0, &r1);
-                    copy_rows(p, j->s, s, col, lane, r0, r1);
-                }
-                continue;
-            }
+            if (split) continue;
             copy_column(p, j->s, s, col, lane, 1);
             const int next = __atomic_fetch_add(j->next, 1, __ATOMIC_RELAXED);
             if (next >= a->batch) continue;
@@ -363,22 +344,16 @@ INLINE void V(converge_lanes)(
             leave[lane] = cold ? a->cold_tol : a->warm_tol;
             live++;
         }
-        if (live > 0 && live <= 8 * (vecs - 1)) {
-            /* no column is left to start (with a row split, none ever is): move the unfinished
-             * lanes down and stop computing the vectors that hold only finished ones; with a
-             * row split every thread moves its own rows and takes the same decisions */
+        if (!split && live > 0 && live <= 8 * (vecs - 1)) {
+            /* the pool has run dry: move the unfinished lanes down and stop computing the
+             * vectors that hold only finished ones */
             int to = 0;
             for (int lane = 0; lane < 8 * vecs; lane++) {
                 if (col_of[lane] < 0) continue;
                 if (lane != to) {
-                    for (int g = 0; g < p->n_segments; g++) {
-                        int64_t r0 = 0, r1 = p->hidden;
-                        if (split) V(own_rows)(j, g, tid, nt, &r0, &r1);
-                        else if (g > 0) break;
-                        for (int64_t row = r0; row < r1; row++) {
-                            s[row * width + to] = s[row * width + lane];
-                            d[row * width + to] = d[row * width + lane];
-                        }
+                    for (int64_t row = 0; row < p->hidden; row++) {
+                        s[row * width + to] = s[row * width + lane];
+                        d[row * width + to] = d[row * width + lane];
                     }
                     col_of[to] = col_of[lane];
                     mode[to] = mode[lane];
@@ -391,7 +366,6 @@ INLINE void V(converge_lanes)(
                 to++;
             }
             vecs = (live + 7) / 8;
-            if (split) barrier(); /* the next pass reads the rows the others moved */
         }
     }
 }

@@ -213,3 +213,28 @@ def test_euler_trials_keep_the_plain_engine_and_record_fixed_work(paper_trials, 
     assert summary["settings"]["settle"] == "sor"
     assert 1 < metrics["train_work_mean"][1] < metrics["train_work_max"][1] < 1000
     assert metrics["train_capped"][1] == 0
+
+
+@pytest.mark.parametrize("name", ["mnist_5layer_swni", "mnist_3layer_swni"])
+def test_a_batch_settles_the_same_split_across_threads(paper_trials, native_kernel, name):
+    """A batch narrower than a strip per thread has its rows split across the team (a barrier
+    after each layer), where one thread settles it in a working strip of its own: same bits,
+    same work, for columns that finish at different passes."""
+    settings = paper_trials[name]
+    net, x, state = _setup(settings, 24)
+    engine = FastEngine(net, settings.epsilon, "fused")
+    state[::3] = 0.5  # a mix of cold and warm starts, so columns finish at different passes
+    for batch in (5, 13, 20, 24):
+        drive = engine.drive(x[:batch])
+        results = []
+        for threads in (1, 2, 3):
+            engine.fused.threads = threads
+            results.append(
+                engine.fused.converge(drive, state[:batch], 0.5, 1.6, 1e-5, 0.1, 0.05, 1000)
+            )
+        one, work, capped = results[0]
+        assert int(work.max()) > int(work.min())  # columns finish at different passes
+        for many, many_work, many_capped in results[1:]:
+            assert torch.equal(many, one)
+            assert torch.equal(many_work, work)
+            assert torch.equal(many_capped, capped)

@@ -26,7 +26,7 @@ demo: venv
 paper: venv
 	$(BIN)/snakemake --cores $(CORES) --configfile config/paper.yaml $(SNAKEMAKE_ARGS)
 
-# the published settings in 11-18 h on 2 cores: MNIST and Fashion-MNIST settle converged (sor)
+# the published settings in 16-20 h on 2 cores: MNIST and Fashion-MNIST settle converged (sor)
 paper-converged: venv
 	$(BIN)/snakemake --cores $(CORES) --configfile config/paper-converged.yaml $(SNAKEMAKE_ARGS)
 

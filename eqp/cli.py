@@ -145,6 +145,12 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         help="interleaved rounds of the phase timings; the best of each is shown (default 3)",
     )
     parser.add_argument(
+        "--checkpoint",
+        help="time the phases from this training checkpoint of the one --trial (as --config "
+        "describes it; full data from --data-dir) instead of a warm-up epoch: the state a "
+        "long run's later epochs are in",
+    )
+    parser.add_argument(
         "--device",
         help="torch device (default: the trial's). A CUDA device times the GPU variants instead: "
         "as it stands, CUDA graphs and stacked ensembles, with the whole paper's projected hours",
@@ -339,10 +345,12 @@ def _bench(args: argparse.Namespace) -> int:
     ):
         if value < minimum:
             raise SettingsError(f"{option} = {value} is invalid; use {minimum} or more")
+    if args.checkpoint and len(chosen) != 1:
+        raise SettingsError("--checkpoint belongs to one trial: name it with one --trial")
     if args.device and args.device.startswith("cuda") and not args.settle:
         return _bench_cuda(args, config)
     print(f"fused CPU kernel: {_kernel_description()}")
-    if args.settle or len(threads) > 1:
+    if args.settle or len(threads) > 1 or args.checkpoint:
         settles = list(dict.fromkeys(args.settle or ["euler"]))
         for settings in chosen:
             time_phases(
@@ -354,6 +362,8 @@ def _bench(args: argparse.Namespace) -> int:
                 args.data_dir,
                 args.repeats,
                 updates=list(dict.fromkeys(args.update or ["torch", "auto"])),
+                checkpoint=args.checkpoint,
+                eval_chunk=int(config.get("eval_chunk", 50)),
             )
         return 0
     run_benchmark(

@@ -5,8 +5,9 @@
 * Phases: seconds per training batch and per test chunk of the fast engine for each settle
   method (faithful Euler, converged SOR) and thread count, all from one warm state (a warm-up
   epoch on a data subset with converged settling, so particles sit near their fixed points as
-  they do after the first epoch of a run), with the free-phase work per example; training
-  batches also with the torch weight update against the compiled one (same bits).
+  they do after the first epoch of a run; or a training run's checkpoint, the state its later
+  epochs spend their time in), with the free-phase work per example; training batches also
+  with the torch weight update against the compiled one (same bits).
 
 Absolute seconds on a shared machine are noise; the ratios within one run are the point.
 """
@@ -16,12 +17,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from eqp.config.settings import TrialSettings
+from eqp.config.settings import SettingsError, TrialSettings
 from eqp.data.datasets import DataSet, load_dataset, synthetic_dataset
 from eqp.engines.converged import SorParameters, make_settler
 from eqp.training.scoring import WorkTally
@@ -174,6 +175,34 @@ def _bench_data(
     return synthetic_dataset(settings, max(train_batches, test_batches)), "synthetic"
 
 
+def _resumed(
+    settings: TrialSettings,
+    checkpoint: Path,
+    data_dir: str | None,
+    chunk: int,
+    eval_chunk: int,
+    threads: int,
+) -> Trainer:
+    """The trial resumed from its training checkpoint (on its full data, which the
+    checkpoint's particles belong to), its test set cut to one chunk for the timings."""
+    import numpy as np
+
+    if not checkpoint.is_file():
+        raise SettingsError(f"--checkpoint {checkpoint}: no such file")
+    data = load_dataset(settings, np.random.RandomState(settings.seed), data_dir)
+    trainer = Trainer.build(settings, data=data, eval_chunk=eval_chunk, threads=threads)
+    why = trainer.resume_from(checkpoint)
+    if why is not None:
+        raise SettingsError(
+            f"--checkpoint {checkpoint} does not belong to {settings.name} as --config "
+            f"describes it ({why}); pass the config the run was trained with"
+        )
+    test = replace(data.test, x=data.test.x[:chunk], y=data.test.y[:chunk])
+    trainer.data = replace(data, test=test)
+    trainer.test_particles = trainer.test_particles[:chunk].clone()
+    return trainer
+
+
 class _Snapshot:
     """Everything a training batch changes, to time several variants from one state."""
 
@@ -216,25 +245,35 @@ def time_phases(
     repeats: int = 3,
     emit: Callable[[str], None] = print,
     updates: Sequence[str] = ("torch", "auto"),
+    checkpoint: str | Path | None = None,
+    eval_chunk: int = 50,
 ) -> list[PhaseTiming]:
     """Per training batch and per test chunk, for every settle method, thread count and
-    weight update (the best of ``repeats`` interleaved rounds, each from the same warm state;
-    the test chunk once per method and thread count, with the last update)."""
-    train_batches = max(batches, warm_batches)
+    weight update (the best of ``repeats`` interleaved rounds, each from the same warm state:
+    a warm-up epoch, or the training ``checkpoint`` of this very trial, trained with test
+    chunks of ``eval_chunk`` batches; the test chunk once per method and thread count, with
+    the last update)."""
     chunk = min(50, settings.batch_counts()[1])
-    data, kind = _bench_data(settings, train_batches, chunk, data_dir)
     if settings.network_type == "SW_intra" and "sor" in settles:
         settles = [s for s in settles if s != "sor"]
     converged = settings.with_overrides({"settle": "sor"}) if "sor" in settles else settings
     torch.set_num_threads(1)  # as in run_trial: only the fused kernel uses several threads
-    trainer = Trainer.build(converged, data=data, eval_chunk=chunk, threads=max(threads))
-    start = time.perf_counter()
-    trainer.train_epoch()
-    trainer.evaluate()
-    emit(
-        f"{settings.name:<20} warm-up: one epoch of {len(data.train)} {kind} batches and a test "
-        f"pass ({trainer.settings.settle}) in {time.perf_counter() - start:.1f} s"
-    )
+    if checkpoint is None:
+        data, kind = _bench_data(settings, max(batches, warm_batches), chunk, data_dir)
+        trainer = Trainer.build(converged, data=data, eval_chunk=chunk, threads=max(threads))
+        start = time.perf_counter()
+        trainer.train_epoch()
+        trainer.evaluate()
+        emit(
+            f"{settings.name:<20} warm-up: one epoch of {len(data.train)} {kind} batches and a "
+            f"test pass ({trainer.settings.settle}) in {time.perf_counter() - start:.1f} s"
+        )
+    else:
+        trainer = _resumed(converged, Path(checkpoint), data_dir, chunk, eval_chunk, max(threads))
+        emit(
+            f"{settings.name:<20} from {checkpoint}: the state after epoch {trainer.epoch} "
+            f"({trainer.settings.settle}), its first {batches} training and {chunk} test batches"
+        )
     inner = getattr(trainer.engine, "inner", trainer.engine)
     engines = {
         method: make_settler(

@@ -387,7 +387,7 @@ def _to_strips(columns: torch.Tensor, width: int, strips: int) -> torch.Tensor:
 # fused kernel's own rule); sparser pairs go to the CSR list.
 _DENSE_SHARE = 0.25
 _SPARSE_TASK = 256  # CSR entries per task of the update
-_GATHER_COST = 3  # a CSR entry's dot product (gathers) against a dense tile entry's
+_GATHER_COST = 3  # a CSR entry's dot product (scattered columns) against a dense tile entry's
 
 
 def update_available() -> bool:
@@ -565,6 +565,8 @@ class FusedUpdate:
             abs_sum.data_ptr(),
         )
         used = self._lib.eqp_update(ctypes.byref(self._plan), ctypes.byref(args), threads)
+        if used == -1:
+            raise MemoryError("the compiled update could not allocate its scratch buffer")
         if used < 0:
             raise RuntimeError("the compiled update needs AVX2+FMA, which this CPU lacks")
         return used

@@ -378,12 +378,19 @@ int eqp_update(const struct eqp_update_plan *p, const struct eqp_update_args *a,
         bound[q] = t;
     }
     bound[nt] = p->n_tasks;
+    float *sgn_t = NULL;
+    if (p->crow && p->crow[p->n] > 0) {
+        sgn_t = malloc(sizeof(float) * (size_t)(p->n - p->n_in) * (size_t)p->k);
+        if (!sgn_t) return -1;
+        upd_transpose_sgn(p, a->sgn, sgn_t);
+    }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)
-    upd_tasks(p, a, bound[THREAD_ID()], bound[THREAD_ID() + 1]);
+    upd_tasks(p, a, sgn_t, bound[THREAD_ID()], bound[THREAD_ID() + 1]);
 #else
-    upd_tasks(p, a, 0, p->n_tasks);
+    upd_tasks(p, a, sgn_t, 0, p->n_tasks);
 #endif
+    free(sgn_t);
     return nt;
 #else
     (void)p;

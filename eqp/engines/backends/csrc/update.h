@@ -17,9 +17,10 @@
  * copies them across once per epoch). Dense blocks (the mask's populated layer
  * pairs) run as tiles of 4 rows x 16 columns in registers (the mirrored entries written
  * four at a time through 4 x 4 transposes); the scattered rest as a CSR list,
- * 8 entries at a time by gathers. Tasks are split across threads by cost; every entry is
- * computed by one thread with the same instructions whatever the thread count, so the
- * results are bitwise the same for any number of threads. Only the AVX2+FMA variant exists:
+ * 8 entries at a time (sgn transposed once per call, so that eight products of eight entries
+ * are eight loads and a transpose in registers, not eight gathers). Tasks are split across
+ * threads by cost; every entry is computed by one thread with the same instructions whatever
+ * the thread count, so the results are bitwise the same for any number of threads. Only the AVX2+FMA variant exists:
  * the portable one could not match MKL's fused chain, so there the torch path stays.
  */
 
@@ -256,22 +257,57 @@ static inline __attribute__((always_inline, target("avx2,fma"))) void upd_block_
     if (j < end) upd_chunk(R, 1, p, a, blk, i0, j, end - j);
 }
 
-/* The CSR list's entries of rows r0 .. r0+R-1: eight dot products at a time by gathers. */
-static __attribute__((target("avx2,fma"))) void upd_sparse_rows(
-    const struct eqp_update_plan *p, const struct eqp_update_args *a, int r0, int R)
+/* Eight rows of eight floats, transposed in registers: out[u] lane t = in[t] lane u. */
+static inline __attribute__((always_inline, target("avx2,fma"))) void upd_transpose8(__m256 r[8])
 {
-    const int64_t n = p->n, h = n - p->n_in;
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+/* The CSR list's entries of rows r0 .. r0+R-1, eight dot products at a time. `sgn_t` holds
+ * sgn transposed (h x k: each column's k products contiguous), so eight k of eight entries
+ * are eight loads and a transpose instead of eight gathers; the chain per entry is the same
+ * (k ascending, one FMA each), so are its bits. */
+static __attribute__((target("avx2,fma"))) void upd_sparse_rows(
+    const struct eqp_update_plan *p, const struct eqp_update_args *a, const float *sgn_t, int r0,
+    int R)
+{
+    const int64_t n = p->n, h = n - p->n_in, K = p->k;
     for (int i = r0; i < r0 + R; i++) {
         const int first = p->crow[i], last = p->crow[i + 1];
         for (int q = first; q < last; q += 8) {
             const int lanes = last - q < 8 ? last - q : 8;
             int32_t idx[8];
             for (int t = 0; t < 8; t++) idx[t] = p->ccol[q + (t < lanes ? t : 0)] - p->n_in;
-            const __m256i vidx = _mm256_loadu_si256((const __m256i *)idx);
             __m256 acc = _mm256_setzero_ps();
-            for (int k = 0; k < p->k; k++) {
-                const __m256 x = _mm256_i32gather_ps(a->sgn + k * h, vidx, 4);
-                acc = _mm256_fmadd_ps(_mm256_broadcast_ss(a->both + k * n + i), x, acc);
+            int k = 0;
+            for (; k + 8 <= K; k += 8) {
+                __m256 x[8];
+                for (int t = 0; t < 8; t++) x[t] = _mm256_loadu_ps(sgn_t + idx[t] * K + k);
+                upd_transpose8(x);
+                for (int u = 0; u < 8; u++)
+                    acc = _mm256_fmadd_ps(_mm256_broadcast_ss(a->both + (k + u) * n + i), x[u], acc);
+            }
+            if (k < K) {
+                const __m256i vidx = _mm256_loadu_si256((const __m256i *)idx);
+                for (; k < K; k++) {
+                    const __m256 x = _mm256_i32gather_ps(a->sgn + k * h, vidx, 4);
+                    acc = _mm256_fmadd_ps(_mm256_broadcast_ss(a->both + k * n + i), x, acc);
+                }
             }
             float sums[8];
             _mm256_storeu_ps(sums, acc);
@@ -288,14 +324,23 @@ static __attribute__((target("avx2,fma"))) void upd_sparse_rows(
     }
 }
 
+/* sgn (k x h) transposed into out (h x k). */
+static void upd_transpose_sgn(const struct eqp_update_plan *p, const float *sgn, float *out)
+{
+    const int64_t h = p->n - p->n_in, K = p->k;
+    for (int64_t k = 0; k < K; k++)
+        for (int64_t j = 0; j < h; j++) out[j * K + k] = sgn[k * h + j];
+}
+
 /* The tasks first .. last-1 of one thread. */
 static __attribute__((target("avx2,fma"))) void upd_tasks(
-    const struct eqp_update_plan *p, const struct eqp_update_args *a, int first, int last)
+    const struct eqp_update_plan *p, const struct eqp_update_args *a, const float *sgn_t,
+    int first, int last)
 {
     for (int t = first; t < last; t++) {
         const int blk = p->task_block[t], row = p->task_row[t], rows = p->task_rows[t];
         if (blk < 0) {
-            upd_sparse_rows(p, a, row, rows);
+            upd_sparse_rows(p, a, sgn_t, row, rows);
             continue;
         }
         switch (rows) {

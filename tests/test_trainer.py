@@ -312,7 +312,7 @@ def test_cli_bench_refuses_a_checkpoint_of_other_settings_in_one_line(tmp_path):
     result = _cli(*args, "--checkpoint", str(checkpoint))
     # the checkpoint was trained with 50 free steps: the config's trial is another one
     assert result.returncode == 2, result.stdout
-    assert "does not belong to wine_5layer_mlff" in result.stderr
+    assert "cannot resume wine_5layer_mlff as --config describes it" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 

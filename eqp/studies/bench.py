@@ -194,8 +194,8 @@ def _resumed(
     why = trainer.resume_from(checkpoint)
     if why is not None:
         raise SettingsError(
-            f"--checkpoint {checkpoint} does not belong to {settings.name} as --config "
-            f"describes it ({why}); pass the config the run was trained with"
+            f"--checkpoint {checkpoint} cannot resume {settings.name} as --config describes "
+            f"it: {why} (for a run's checkpoint, pass the config it was trained with)"
         )
     test = replace(data.test, x=data.test.x[:chunk], y=data.test.y[:chunk])
     trainer.data = replace(data, test=test)

@@ -355,6 +355,16 @@ def test_cli_bench_from_a_checkpoint_resumes_its_state_without_a_warm_up(tmp_pat
         str(checkpoint),
     )
     assert two.returncode == 2 and "name it with one --trial" in two.stderr
+    many = _cli(
+        "bench",
+        "--trial",
+        "wine_5layer_mlff",
+        "--batches",
+        "100000",
+        "--checkpoint",
+        str(checkpoint),
+    )
+    assert many.returncode == 2 and "--batches = 100000 is more than the" in many.stderr
     missing = _cli("bench", "--trial", "wine_5layer_mlff", "--checkpoint", str(tmp_path / "no"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
 

@@ -270,6 +270,11 @@ def time_phases(
         )
     else:
         trainer = _resumed(converged, Path(checkpoint), data_dir, chunk, eval_chunk, max(threads))
+        if batches > len(trainer.data.train):
+            raise SettingsError(
+                f"--batches = {batches} is more than the {len(trainer.data.train)} training "
+                f"batches of {settings.name}; use {len(trainer.data.train)} or fewer"
+            )
         emit(
             f"{settings.name:<20} from {checkpoint}: the state after epoch {trainer.epoch} "
             f"({trainer.settings.settle}), its first {batches} training and {chunk} test batches"

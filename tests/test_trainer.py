@@ -293,79 +293,45 @@ def test_cli_bench_times_settle_methods_and_thread_counts_from_one_warm_state():
     assert "weight update alone" in result.stdout
 
 
-def _bench_checkpoint(tmp_path: Path, trial: str) -> Path:
-    """A training checkpoint after one epoch of ``trial`` as config/config.yaml describes it."""
+def _bench_checkpoint(tmp_path: Path, epochs: int, **change) -> Path:
+    """A training checkpoint of wine_5layer_mlff as config/config.yaml describes it (with
+    ``change``d settings), after ``epochs`` epochs."""
     from eqp.config.settings import load_yaml, select_trial, trials_from_config
 
-    settings = select_trial(trials_from_config(load_yaml(ROOT / "config" / "config.yaml")), trial)
-    trainer = Trainer.build(settings.with_overrides({"free_iterations": 50}))
-    trainer.train_epoch()
-    trainer.evaluate()
-    path = tmp_path / f"{trial}.safetensors"
+    trials = trials_from_config(load_yaml(ROOT / "config" / "config.yaml"))
+    trainer = Trainer.build(select_trial(trials, "wine_5layer_mlff").with_overrides(change))
+    for _ in range(epochs):
+        trainer.train_epoch()
+    path = tmp_path / "wine.safetensors"
     trainer.save_checkpoint(path)
     return path
 
 
+BENCH_WINE = ("bench", "--trial", "wine_5layer_mlff", "--settle", "euler", "--repeats", "1")
+
+
 def test_cli_bench_refuses_a_checkpoint_of_other_settings_in_one_line(tmp_path):
-    checkpoint = _bench_checkpoint(tmp_path, "wine_5layer_mlff")
-    args = ("bench", "--trial", "wine_5layer_mlff", "--settle", "euler", "--batches", "2")
-    result = _cli(*args, "--checkpoint", str(checkpoint))
-    # the checkpoint was trained with 50 free steps: the config's trial is another one
+    # trained with 50 free steps: not the trial the config describes
+    checkpoint = _bench_checkpoint(tmp_path, 1, free_iterations=50)
+    result = _cli(*BENCH_WINE, "--batches", "2", "--checkpoint", str(checkpoint))
     assert result.returncode == 2, result.stdout
     assert "cannot resume wine_5layer_mlff as --config describes it" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 def test_cli_bench_from_a_checkpoint_resumes_its_state_without_a_warm_up(tmp_path):
-    from eqp.config.settings import load_yaml, select_trial, trials_from_config
-
-    settings = select_trial(
-        trials_from_config(load_yaml(ROOT / "config" / "config.yaml")), "wine_5layer_mlff"
-    )
-    trainer = Trainer.build(settings)
-    trainer.train_epoch()
-    trainer.train_epoch()
-    checkpoint = tmp_path / "wine.safetensors"
-    trainer.save_checkpoint(checkpoint)
-    result = _cli(
-        "bench",
-        "--trial",
-        "wine_5layer_mlff",
-        "--settle",
-        "euler",
-        "--batches",
-        "2",
-        "--repeats",
-        "1",
-        "--checkpoint",
-        str(checkpoint),
-    )
+    checkpoint = _bench_checkpoint(tmp_path, 2)
+    result = _cli(*BENCH_WINE, "--batches", "2", "--checkpoint", str(checkpoint))
     assert result.returncode == 0, result.stderr
     assert f"from {checkpoint}: the state after epoch 2" in result.stdout
     assert "warm-up" not in result.stdout
     timings = [line for line in result.stdout.splitlines() if "s/train_batch=" in line]
     assert timings and all("settle=euler" in line for line in timings)
-    two = _cli(
-        "bench",
-        "--trial",
-        "wine_5layer_mlff",
-        "--trial",
-        "wine_5layer_swni",
-        "--checkpoint",
-        str(checkpoint),
-    )
-    assert two.returncode == 2 and "name it with one --trial" in two.stderr
-    many = _cli(
-        "bench",
-        "--trial",
-        "wine_5layer_mlff",
-        "--batches",
-        "100000",
-        "--checkpoint",
-        str(checkpoint),
-    )
+    many = _cli(*BENCH_WINE, "--batches", "100000", "--checkpoint", str(checkpoint))
     assert many.returncode == 2 and "--batches = 100000 is more than the" in many.stderr
-    missing = _cli("bench", "--trial", "wine_5layer_mlff", "--checkpoint", str(tmp_path / "no"))
+    two = _cli(*BENCH_WINE, "--trial", "wine_5layer_swni", "--checkpoint", str(checkpoint))
+    assert two.returncode == 2 and "name it with one --trial" in two.stderr
+    missing = _cli(*BENCH_WINE, "--checkpoint", str(tmp_path / "no"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
 
 

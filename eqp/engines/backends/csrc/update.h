@@ -20,8 +20,9 @@
  * 8 entries at a time (sgn transposed once per call, so that eight products of eight entries
  * are eight loads and a transpose in registers, not eight gathers). Tasks are split across
  * threads by cost; every entry is computed by one thread with the same instructions whatever
- * the thread count, so the results are bitwise the same for any number of threads. Only the AVX2+FMA variant exists:
- * the portable one could not match MKL's fused chain, so there the torch path stays.
+ * the thread count, so the results are bitwise the same for any number of threads. Only the
+ * AVX2+FMA variant exists: the portable one could not match MKL's fused chain, so there the
+ * torch path stays.
  */
 
 struct eqp_update_plan {

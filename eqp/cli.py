@@ -268,6 +268,37 @@ def _add_snapshot(commands: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_curves(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "curves",
+        help="several runs of one trial, epoch by epoch, beside the published run",
+        description="A Markdown table of the training and test errors per epoch of the "
+        "published run and of each RUN (a finished trial folder, or the checkpoint file of "
+        "one still training), with each run's test error minus the published one and, for "
+        "two or more runs, minus the first run's: the same seed settled two ways tells the "
+        "solver's part, several seeds of one solver the seed's.",
+    )
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="trial folder or checkpoint")
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        help="a name for each RUN, in order (default: its settle method and seed)",
+    )
+    parser.add_argument(
+        "--trial", help="the published run to compare with (default: the runs' own trial)"
+    )
+    parser.add_argument(
+        "--every", type=int, default=1, metavar="N", help="show every N-th epoch and the last"
+    )
+    parser.add_argument(
+        "--ranges",
+        metavar="A-B,...",
+        help="also the mean differences over these ranges of epochs, e.g. 1-10,11-30,31-100",
+    )
+    parser.add_argument("--csv", metavar="FILE", help="also write the per-epoch errors as CSV")
+
+
 def _add_config_doc(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "config-doc",
@@ -497,6 +528,26 @@ def _snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _curves(args: argparse.Namespace) -> int:
+    from eqp.outputs.curves import curves_frame, curves_markdown, open_run, parse_ranges, run_labels
+    from eqp.outputs.records import atomic_write_text
+
+    if args.label and len(args.label) != len(args.runs):
+        raise SettingsError(
+            f"{len(args.label)} --label for {len(args.runs)} runs; give one per RUN, or none"
+        )
+    if args.every < 1:
+        raise SettingsError(f"--every {args.every}: give a whole number of epochs, 1 or more")
+    ranges = parse_ranges(args.ranges) if args.ranges else []
+    records = [open_run(path) for path in args.runs]
+    labels = args.label or run_labels(records)
+    frame, trial, dataset = curves_frame(list(zip(labels, records, strict=True)), args.trial)
+    if args.csv:
+        atomic_write_text(args.csv, frame.to_csv())
+    print(curves_markdown(frame, trial, dataset, args.every, ranges), end="")
+    return 0
+
+
 def _config_doc(args: argparse.Namespace) -> int:
     from eqp.pipeline import config_doc, load_schema, with_generated_section
 
@@ -545,6 +596,7 @@ COMMANDS = {
     "trials": (_add_trials, _trials),
     "runs": (_add_runs, _runs),
     "snapshot": (_add_snapshot, _snapshot),
+    "curves": (_add_curves, _curves),
     "config-doc": (_add_config_doc, _config_doc),
 }
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from eqp import pipeline
+from eqp.cli import main
 from eqp.outputs.comparison import comparison_markdown, comparison_table
 from eqp.outputs.figures import fig2, fig4
 from eqp.outputs.progress import (
@@ -283,3 +284,14 @@ def test_a_final_number_is_flagged_outside_the_published_runs_last_ten_epochs(tm
     assert pd.isna(point["within_spread"])  # 3 epochs: the range would be the learning itself
     text = comparison_markdown(frame)
     assert "**no**" in text and "3 / 10 (running)" in text
+
+
+def test_curves_compare_a_running_trial_from_its_checkpoint(killed_run, capsys):
+    results, folder, epoch = killed_run
+    checkpoint = checkpoint_of(folder, results)
+    assert main(["curves", str(checkpoint), "--label", "killed"]) == 0
+    text = capsys.readouterr().out
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [int(line.split("|")[1]) for line in rows] == list(range(1, epoch + 1))
+    record = PartialRecord.from_checkpoint(checkpoint, folder)
+    assert f"{100 * record.summary['test_error']:.2f}" in rows[-1]

@@ -297,6 +297,7 @@ def _add_curves(commands: argparse._SubParsersAction) -> None:
         help="also the mean differences over these ranges of epochs, e.g. 1-10,11-30,31-100",
     )
     parser.add_argument("--csv", metavar="FILE", help="also write the per-epoch errors as CSV")
+    parser.add_argument("--plot", metavar="FILE", help="also draw them: FILE's stem as PDF and PNG")
 
 
 def _add_config_doc(commands: argparse._SubParsersAction) -> None:
@@ -529,7 +530,14 @@ def _snapshot(args: argparse.Namespace) -> int:
 
 
 def _curves(args: argparse.Namespace) -> int:
-    from eqp.outputs.curves import curves_frame, curves_markdown, open_run, parse_ranges, run_labels
+    from eqp.outputs.curves import (
+        curves_figure,
+        curves_frame,
+        curves_markdown,
+        open_run,
+        parse_ranges,
+        run_labels,
+    )
     from eqp.outputs.records import atomic_write_text
 
     if args.label and len(args.label) != len(args.runs):
@@ -544,6 +552,8 @@ def _curves(args: argparse.Namespace) -> int:
     frame, trial, dataset = curves_frame(list(zip(labels, records, strict=True)), args.trial)
     if args.csv:
         atomic_write_text(args.csv, frame.to_csv())
+    if args.plot:
+        curves_figure(frame, trial, dataset, args.plot)
     print(curves_markdown(frame, trial, dataset, args.every, ranges), end="")
     return 0
 

@@ -64,11 +64,15 @@ def test_every_nth_epoch_keeps_the_last(two_runs):
     assert rows == ["1", "4"]
 
 
-def test_the_command_prints_the_table_and_writes_its_csv(two_runs, tmp_path, capsys):
+def test_the_command_prints_the_table_and_writes_its_csv_and_figure(two_runs, tmp_path, capsys):
     first, second = two_runs
     out = tmp_path / "curves.csv"
-    code = main(["curves", str(first.folder), str(second.folder), "--csv", str(out)])
+    plot = tmp_path / "curves.png"
+    code = main(
+        ["curves", str(first.folder), str(second.folder), "--csv", str(out), "--plot", str(plot)]
+    )
     assert code == 0
+    assert plot.stat().st_size > 0 and plot.with_suffix(".pdf").stat().st_size > 0
     text = capsys.readouterr().out
     assert "`euler, seed 0`, `euler, seed 1`" in text  # labels from settle method and seed
     frame = pd.read_csv(out, index_col="epoch")

@@ -15,8 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from eqp.outputs.comparison import SPREAD_EPOCHS
+from eqp.outputs.figures import NETWORK_COLOURS, PUBLISHED_STYLE, save_figure
+from eqp.outputs.labels import dataset_name, error_scale
 from eqp.outputs.progress import CHECKPOINT_SUFFIX, PartialRecord
 from eqp.outputs.published import load_published_curves
 from eqp.outputs.records import RecordError, TrialRecord
@@ -220,3 +223,36 @@ def _ranges_markdown(
             cells.append(_cell(float(part.mean()), dataset, signed=True) + cut if len(part) else "")
         lines.append(f"| {first}–{last} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def build_curves_figure(frame: pd.DataFrame, trial: str, dataset: str) -> Figure:
+    """Training and test error per epoch: the published run (markers) and each run (lines)."""
+    scale, unit = error_scale(dataset)
+    labels = [c.removeprefix("test: ") for c in frame.columns if c.startswith("test: ")]
+    fig = Figure(figsize=(9.0, 3.6), layout="constrained")
+    for ax, kind in zip(fig.subplots(1, 2, sharey=False), ("train", "test"), strict=True):
+        for index, label in enumerate(labels):
+            series = frame[f"{kind}: {label}"].dropna()
+            style = (
+                {"color": "black", **PUBLISHED_STYLE, "ms": 2.5, "label": "published, seed 0"}
+                if label == PUBLISHED
+                else {
+                    "color": NETWORK_COLOURS[(index - 1) % len(NETWORK_COLOURS)],
+                    "lw": 1.3,
+                    "label": label,
+                }
+            )
+            ax.plot(series.index, scale * series.to_numpy(), **style)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{'training' if kind == 'train' else 'test'} {unit}")
+        ax.grid(True, alpha=0.3)
+    fig.axes[1].legend(fontsize=8)
+    fig.suptitle(f"{trial} ({dataset_name(dataset)}): runs beside the published run", fontsize=10)
+    return fig
+
+
+def curves_figure(
+    frame: pd.DataFrame, trial: str, dataset: str, out: str | os.PathLike
+) -> tuple[Path, Path]:
+    """:func:`build_curves_figure` written as PDF and PNG (``out``'s stem)."""
+    return save_figure(build_curves_figure(frame, trial, dataset), out)

@@ -143,7 +143,7 @@ def _pair_label(k: int) -> str:
     return f"layer {k}→{k + 1}"
 
 
-def _save(fig: Figure, out: str | os.PathLike, dpi: int = PNG_DPI) -> tuple[Path, Path]:
+def save_figure(fig: Figure, out: str | os.PathLike, dpi: int = PNG_DPI) -> tuple[Path, Path]:
     """Write ``out`` as PDF and PNG beside each other, atomically; return both paths."""
     out = Path(out)
     pdf_path, png_path = out.with_suffix(".pdf"), out.with_suffix(".png")
@@ -269,7 +269,7 @@ def fig2(
     records: Mapping[str, Seeds], out: str | os.PathLike, preset: str | None = None
 ) -> tuple[Path, Path]:
     """Figure 2 (:func:`build_fig2`) written as PDF and PNG."""
-    return _save(build_fig2(records, preset), out)
+    return save_figure(build_fig2(records, preset), out)
 
 
 def build_fig3(records: Mapping[str, Seeds], preset: str | None = None) -> Figure:
@@ -312,7 +312,7 @@ def fig3(
     records: Mapping[str, Seeds], out: str | os.PathLike, preset: str | None = None
 ) -> tuple[Path, Path]:
     """Figure 3 (:func:`build_fig3`) written as PDF and PNG."""
-    return _save(build_fig3(records, preset), out)
+    return save_figure(build_fig3(records, preset), out)
 
 
 def _sweep_p(record: TrialRecord) -> float:
@@ -532,7 +532,7 @@ def fig4(
     sweep: Sequence[TrialLike], out: str | os.PathLike, preset: str | None = None
 ) -> tuple[Path, Path]:
     """Figure 4 (:func:`build_fig4`) written as PDF and PNG."""
-    return _save(build_fig4(sweep, preset), out)
+    return save_figure(build_fig4(sweep, preset), out)
 
 
 def _layer_names(n_layers: int) -> list[str]:
@@ -604,4 +604,4 @@ def fig5(
 ) -> tuple[Path, Path]:
     """Figure 5 (:func:`build_fig5`) written as PDF and PNG, the PNG at a higher resolution
     so that single connections stay visible."""
-    return _save(build_fig5(records, preset), out, dpi=MATRIX_DPI)
+    return save_figure(build_fig5(records, preset), out, dpi=MATRIX_DPI)

@@ -91,7 +91,7 @@ def comparison_table(records: Mapping[str, TrialRecord], kinds: Mapping[str, str
     return frame.sort_values(["kind", "name", "seed"], ignore_index=True)
 
 
-def _value(value: object, dataset: str, signed: bool = False) -> str:
+def error_text(value: object, dataset: str, signed: bool = False) -> str:
     """% for classification, the mean cost itself for diabetes ("" where there is none)."""
     if value is None or pd.isna(value):
         return ""
@@ -112,12 +112,16 @@ def comparison_markdown(frame: pd.DataFrame) -> str:
         epochs = f"{row.epochs} / {row.epochs_asked}" + ("" if row.finished else " (running)")
         data = row.dataset
         low, high = row.published_spread_low, row.published_spread_high
-        spread = f"{_value(low, data)}–{_value(high, data)}" if not pd.isna(low) else ""
+        spread = f"{error_text(low, data)}–{error_text(high, data)}" if not pd.isna(low) else ""
         within = {True: "yes", False: "**no**"}.get(row.within_spread, "")
+        cells = [
+            error_text(row.test_error, data),
+            error_text(row.published_same_epoch, data),
+            error_text(row.difference, data, signed=True),
+            error_text(row.published_final, data),
+        ]
         lines.append(
-            f"| {row.kind} | {row.name} | {row.seed} | {epochs} | {_value(row.test_error, data)} "
-            f"| {_value(row.published_same_epoch, data)} | "
-            f"{_value(row.difference, data, signed=True)} | {_value(row.published_final, data)} "
+            f"| {row.kind} | {row.name} | {row.seed} | {epochs} | " + " | ".join(cells) + " "
             f"| {spread} | {within} |"
         )
     notes = "Errors in % (diabetes: the mean cost). Published: the authors' seed-0 runs."

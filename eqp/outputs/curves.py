@@ -13,11 +13,10 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from eqp.outputs.comparison import SPREAD_EPOCHS
+from eqp.outputs.comparison import SPREAD_EPOCHS, error_text
 from eqp.outputs.figures import NETWORK_COLOURS, PUBLISHED_STYLE, save_figure
 from eqp.outputs.labels import dataset_name, error_scale
 from eqp.outputs.progress import CHECKPOINT_SUFFIX, PartialRecord
@@ -125,14 +124,6 @@ def curves_frame(
     return frame, trial, dataset
 
 
-def _cell(value: float, dataset: str, signed: bool = False) -> str:
-    """% for classification, the mean cost for diabetes; blank where a run had no epoch."""
-    if not np.isfinite(value):
-        return ""
-    number, digits = (value, 4) if dataset == "diabetes" else (100 * value, 2)
-    return f"{number:+.{digits}f}" if signed else f"{number:.{digits}f}"
-
-
 def _differences(frame: pd.DataFrame, labels: Sequence[str]) -> dict[str, pd.Series]:
     """Each run's test error minus the published one; with two or more runs, each later run
     minus the first as well (same seed, other solver; or same solver, other seed)."""
@@ -167,12 +158,16 @@ def curves_markdown(
     ]
     for epoch in shown:
         row = table.loc[epoch]
-        cells = [_cell(float(row[c]), dataset, signed=" − " in c) for c in table.columns]
+        cells = [error_text(float(row[c]), dataset, signed=" − " in c) for c in table.columns]
         lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
     lines += ["", _spread_markdown(frame, labels, dataset)]
     if ranges:
         lines += ["", _ranges_markdown(frame, labels, differences, dataset, ranges)]
     return "\n".join(lines) + "\n"
+
+
+def _range_text(values: pd.Series, dataset: str) -> str:
+    return f"{error_text(values.min(), dataset)}–{error_text(values.max(), dataset)}"
 
 
 def _spread_markdown(frame: pd.DataFrame, labels: Sequence[str], dataset: str) -> str:
@@ -188,10 +183,16 @@ def _spread_markdown(frame: pd.DataFrame, labels: Sequence[str], dataset: str) -
         test = frame[f"test: {label}"].dropna()
         window = test.index[-SPREAD_EPOCHS:]
         same = published.reindex(window).dropna()
-        ours = f"{_cell(test[window].min(), dataset)}–{_cell(test[window].max(), dataset)}"
-        theirs = f"{_cell(same.min(), dataset)}–{_cell(same.max(), dataset)}" if len(same) else ""
+        ours = (
+            f"{error_text(test[window].min(), dataset)}–{error_text(test[window].max(), dataset)}"
+        )
+        theirs = (
+            f"{error_text(same.min(), dataset)}–{error_text(same.max(), dataset)}"
+            if len(same)
+            else ""
+        )
         lines.append(
-            f"| {label} | {int(test.index[-1])} | {_cell(float(test.iloc[-1]), dataset)} "
+            f"| {label} | {int(test.index[-1])} | {error_text(float(test.iloc[-1]), dataset)} "
             f"| {ours} | {theirs} |"
         )
     return "\n".join(lines)
@@ -220,7 +221,9 @@ def _ranges_markdown(
         for series in columns.values():
             part = series.loc[(series.index >= first) & (series.index <= last)].dropna()
             cut = "" if len(part) == last - first + 1 else f" ({len(part)} epochs)"
-            cells.append(_cell(float(part.mean()), dataset, signed=True) + cut if len(part) else "")
+            cells.append(
+                error_text(float(part.mean()), dataset, signed=True) + cut if len(part) else ""
+            )
         lines.append(f"| {first}–{last} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

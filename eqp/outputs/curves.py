@@ -148,7 +148,7 @@ def curves_markdown(
     table = pd.concat([frame, pd.DataFrame(differences)], axis=1)
     last = int(frame.index.max())
     shown = [e for e in table.index if (e - 1) % every == 0 or e == last]
-    unit = "mean cost" if dataset == "diabetes" else "% error"
+    unit = error_scale(dataset)[1]
     lines = [
         f"{trial}, {unit} per epoch: the published run and "
         + ", ".join(f"`{label}`" for label in labels),
